@@ -1,0 +1,57 @@
+//! `robert`: the one binary of the ROBERT implementation (DESIGN §5).
+//!
+//! Subcommands land with their issues; today: `crypto` (byte-level tool), `serve`, `keygen`,
+//! `authority`.
+
+mod crypto;
+mod serve;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// ROBERT v1.1 (ROBust and privacy-presERving proximity Tracing) in Rust.
+#[derive(Debug, Parser)]
+#[command(name = "robert", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Byte-level protocol operations for auditors: SKINNY, EBID, ECC, HELLO, request MACs.
+    ///
+    /// Every byte string is lowercase or uppercase hex in, lowercase hex out; numbers are decimal.
+    /// `--json` prints one JSON object instead of bare hex.
+    Crypto(crypto::CryptoArgs),
+    /// Runs the back-end server (HTTP API v1) for one country.
+    Serve(serve::ServeArgs),
+    /// Creates the server's keys: K_G, (sk_S, pk_S) and the key-encryption key.
+    Keygen(serve::KeygenArgs),
+    /// Health-authority keys and single-use tokens (made offline; the server only verifies).
+    #[command(subcommand)]
+    Authority(serve::AuthorityCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Crypto(args) => crypto::run(&args, &mut std::io::stdout().lock()),
+        Command::Serve(args) => serve::serve(&args),
+        Command::Keygen(args) => serve::keygen(&args),
+        Command::Authority(cmd) => serve::authority(&cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("robert: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,345 @@
+//! Server configuration: every value the spec leaves open (δ, T, M, CT, epoch length, …) is a key
+//! here, with a documented default and the reason for it. `robert.example.toml` at the repository
+//! root documents every key; this module is the source of truth for defaults.
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The whole configuration file (`robert serve --config robert.toml`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Network and files.
+    pub server: ServerSection,
+    /// Protocol parameters (§2.2, §3.1, §5.2, §7).
+    pub protocol: ProtocolSection,
+    /// Registration (§3.3).
+    pub registration: RegistrationSection,
+    /// Declarations and the mixer (§6).
+    pub reports: ReportsSection,
+    /// Risk scoring (§2.3) and notifications (§7, Annex A).
+    pub risk: RiskSection,
+    /// Health authorities whose tokens are accepted (§6.1 footnote 11).
+    pub authorities: AuthoritiesSection,
+    /// Storage backend.
+    pub storage: StorageSection,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSection {
+    /// Address to listen on. Default `127.0.0.1:8080`: loopback, behind a TLS-terminating proxy.
+    pub listen: SocketAddr,
+    /// Directory for the database and key files. Default `./robert-data`.
+    pub data_dir: PathBuf,
+    /// Directory of the server's key files (`robert keygen --dir`). Default: `keys` in the data
+    /// directory.
+    pub key_dir: Option<PathBuf>,
+    /// Largest request body accepted, bytes. Default 1 MiB: a declaration of 14 days of contacts
+    /// (tens of thousands of pairs of ~60 bytes of JSON) fits; anything larger is refused unread.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./robert-data"),
+            key_dir: None,
+            max_body_bytes: 1 << 20,
+        }
+    }
+}
+
+/// `[protocol]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProtocolSection {
+    /// CC_S, this server's country code (§3.1). Default 33 (France, the spec's example).
+    pub country_code: u8,
+    /// Country codes that are valid federation peers (§6.2 step 3). Pairs whose ECC decrypts to one
+    /// of these go to the federation outbox; to any other foreign code, they are dropped.
+    pub peer_countries: Vec<u8>,
+    /// `T_pstart` in NTP seconds (§3.1). Default: unset, meaning "the start of the UTC day of the
+    /// first start", recorded in the data directory so that it never moves afterwards.
+    pub service_start_ntp: Option<u32>,
+    /// `epoch_duration_sec` (§2.2). Default 900 (15 min): the BLE address rotation period the spec
+    /// cites (footnote 4), so an EBID never outlives the MAC address it travels with.
+    pub epoch_duration_sec: u32,
+    /// CT in days (§1.1): how long contacts, exposures and day keys are kept. Default 14, the
+    /// contagious period the spec gives as an example and health authorities used.
+    pub ct_days: u32,
+    /// δ in seconds (§5.2 step 3, §6.2 step 2). Default 60: phones are only loosely synchronised
+    /// (NTP, cellular time), so a tolerance of "a few seconds" rejects real contacts; 60 s still
+    /// bounds a relay attack to one minute.
+    pub hello_delta_sec: u16,
+    /// How far a request's `time` may be from the server's clock, seconds (§7 step 2). Default 300:
+    /// phones' clocks drift; the replay window this opens is closed by the T rate limit.
+    pub request_time_tolerance_sec: u32,
+    /// T, the minimum number of epochs between two ESRs of one App (§7 step 8, footnote 18).
+    /// Default 8 (2 h with 15-min epochs, so at most 12 ESRs a day).
+    pub esr_min_interval_epochs: u32,
+    /// M, the number of epochs an EBID list covers (§4). Default 96 (one day of 15-min epochs):
+    /// a registration receives the rest of the current block of M epochs and the next block; an
+    /// ESR in the second half of a block receives the next one.
+    pub ebid_list_epochs: u32,
+}
+
+impl Default for ProtocolSection {
+    fn default() -> Self {
+        Self {
+            country_code: 33,
+            peer_countries: Vec::new(),
+            service_start_ntp: None,
+            epoch_duration_sec: 900,
+            ct_days: 14,
+            hello_delta_sec: 60,
+            request_time_tolerance_sec: 300,
+            esr_min_interval_epochs: 8,
+            ebid_list_epochs: 96,
+        }
+    }
+}
+
+/// `[registration]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistrationSection {
+    /// Proof-of-work difficulty in leading zero bits (§3.3). Default 20: about a million SHA-256
+    /// on the phone (well under a second), so a bot pays that per identity. 0 disables the work
+    /// (benchmarks, tests).
+    pub pow_difficulty: u8,
+    /// How long a challenge stays valid, seconds. Default 300.
+    pub challenge_ttl_sec: u32,
+}
+
+impl Default for RegistrationSection {
+    fn default() -> Self {
+        Self { pow_difficulty: 20, challenge_ttl_sec: 300 }
+    }
+}
+
+/// `[reports]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReportsSection {
+    /// Most pairs in one declaration request. Default 20 000 (14 days of dense contacts).
+    pub max_contacts: usize,
+    /// The mixer waits for at least this many pairs before processing, so a batch mixes several
+    /// declarations (§6.1). Default 1000.
+    pub mixer_min_batch: usize,
+    /// …but never holds a pair longer than this, seconds (DESIGN §4: at most 60 by default).
+    pub mixer_max_delay_sec: u64,
+    /// Most pairs processed in one transaction. Default 10 000.
+    pub mixer_max_batch: usize,
+}
+
+impl Default for ReportsSection {
+    fn default() -> Self {
+        Self { max_contacts: 20_000, mixer_min_batch: 1000, mixer_max_delay_sec: 60, mixer_max_batch: 10_000 }
+    }
+}
+
+/// `[risk]`: the public scoring rule (§2.3); see `docs/risk-scoring.md`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RiskSection {
+    /// Which rule decides "at risk": `"epochs"` (count of exposed epochs ≥ `min_exposed_epochs`) or
+    /// `"duration"` (weighted exposure minutes ≥ `min_exposure_minutes`). Default `"duration"`.
+    pub rule: RiskRule,
+    /// For `"epochs"`: exposed epochs (within CT days) needed. Default 1.
+    pub min_exposed_epochs: u32,
+    /// For `"duration"`: seconds of exposure one uploaded HELLO stands for (the apps' HELLO
+    /// period). Default 60.
+    pub seconds_per_hello: u32,
+    /// For `"duration"`: weighted minutes needed. Default 15 (the "15 minutes, close contact"
+    /// rule health authorities used).
+    pub min_exposure_minutes: f64,
+    /// For `"duration"`: mean RSSI at or above which a contact counts fully (weight 1). Default -60.
+    pub near_rssi_dbm: i32,
+    /// …below `near` and at or above this, the contact counts with `medium_weight`. Default -75.
+    pub medium_rssi_dbm: i32,
+    /// Weight of medium-distance contact. Default 0.5.
+    pub medium_weight: f64,
+    /// Weight of far contact (below `medium_rssi_dbm`) and of HELLOs without RSSI. Default 0.
+    pub far_weight: f64,
+    /// Annex A: probability p that an ESR not at risk is answered "at risk" anyway. Default 0.
+    pub notification_probability: f64,
+}
+
+/// The scoring rule (see [`RiskSection::rule`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RiskRule {
+    /// Count of exposed epochs.
+    Epochs,
+    /// Weighted duration and proximity.
+    Duration,
+}
+
+impl Default for RiskSection {
+    fn default() -> Self {
+        Self {
+            rule: RiskRule::Duration,
+            min_exposed_epochs: 1,
+            seconds_per_hello: 60,
+            min_exposure_minutes: 15.0,
+            near_rssi_dbm: -60,
+            medium_rssi_dbm: -75,
+            medium_weight: 0.5,
+            far_weight: 0.0,
+            notification_probability: 0.0,
+        }
+    }
+}
+
+/// `[authorities]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthoritiesSection {
+    /// PEM files of health-authority public keys (SubjectPublicKeyInfo) whose tokens are accepted.
+    /// Relative paths are relative to the data directory. With no config file, the development key
+    /// `dev-authority.pem` is created and trusted.
+    pub public_keys: Vec<PathBuf>,
+}
+
+/// `[storage]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageSection {
+    /// `"sqlite"` (default, `robert.db` in the data directory) or `"memory"` (nothing survives a
+    /// restart: tests and demos only).
+    pub backend: StorageBackend,
+    /// For SQLite: fsync every commit (`synchronous = FULL`). Default true: an answered write
+    /// survives power loss. False trades that for speed (`NORMAL`: survives a process crash).
+    pub fsync: bool,
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        Self { backend: StorageBackend::Sqlite, fsync: true }
+    }
+}
+
+/// Storage backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    /// Embedded SQLite.
+    Sqlite,
+    /// In memory.
+    Memory,
+}
+
+/// A configuration error, with the file and the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (names the key).
+        message: String,
+    },
+    /// A value is out of its domain.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads and validates a TOML file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let config: Config = toml::from_str(&text)
+            .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the values' domains.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let p = &self.protocol;
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if p.epoch_duration_sec == 0 || 86_400 % p.epoch_duration_sec != 0 {
+            return bad("protocol.epoch_duration_sec must divide 86400 (a day holds whole epochs)");
+        }
+        if p.ct_days == 0 || p.ct_days > 60 {
+            return bad("protocol.ct_days must be in 1..=60");
+        }
+        if p.hello_delta_sec == 0 {
+            return bad("protocol.hello_delta_sec must be at least 1");
+        }
+        if p.ebid_list_epochs == 0 || p.ebid_list_epochs > 4096 {
+            return bad("protocol.ebid_list_epochs must be in 1..=4096");
+        }
+        if p.peer_countries.contains(&p.country_code) {
+            return bad("protocol.peer_countries must not contain the server's own country_code");
+        }
+        let r = &self.risk;
+        if !(0.0..=1.0).contains(&r.notification_probability) {
+            return bad("risk.notification_probability must be in [0, 1]");
+        }
+        if r.seconds_per_hello == 0 || r.min_exposure_minutes.is_nan() || r.min_exposure_minutes < 0.0 {
+            return bad("risk.seconds_per_hello must be > 0 and risk.min_exposure_minutes >= 0");
+        }
+        if r.near_rssi_dbm < r.medium_rssi_dbm {
+            return bad("risk.near_rssi_dbm must be >= risk.medium_rssi_dbm");
+        }
+        for w in [r.medium_weight, r.far_weight] {
+            if !(0.0..=1.0).contains(&w) {
+                return bad("risk weights must be in [0, 1]");
+            }
+        }
+        let m = &self.reports;
+        if m.mixer_min_batch == 0 || m.mixer_max_batch < m.mixer_min_batch || m.max_contacts == 0 {
+            return bad("reports: need 0 < mixer_min_batch <= mixer_max_batch and max_contacts > 0");
+        }
+        if self.registration.challenge_ttl_sec == 0 {
+            return bad("registration.challenge_ttl_sec must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().expect("defaults valid");
+    }
+
+    #[test]
+    fn example_file_parses_to_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../robert.example.toml");
+        let config = Config::load(&path).expect("example config loads");
+        assert_eq!(config, Config::default(), "robert.example.toml documents the defaults");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let dir = std::env::temp_dir().join(format!("robert-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp");
+        let f = dir.join("bad.toml");
+        std::fs::write(&f, "[protocol]\nepoch_duration_secs = 900\n").expect("write");
+        let e = Config::load(&f).expect_err("unknown key").to_string();
+        assert!(e.contains("epoch_duration_secs"), "{e}");
+        std::fs::write(&f, "[protocol]\nepoch_duration_sec = 7\n").expect("write");
+        let e = Config::load(&f).expect_err("bad value").to_string();
+        assert!(e.contains("epoch_duration_sec"), "{e}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

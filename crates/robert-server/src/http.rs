@@ -1,0 +1,274 @@
+//! The HTTP API v1 (DESIGN §4) over axum: routing, body limits, the mapping of every error to a
+//! response (in one place: [`ServiceError`]'s `IntoResponse`), metrics, graceful shutdown.
+//!
+//! Nothing here logs or returns an identifier, a key, a token or a client address: rejections are
+//! the uniform `403 {"error":"rejected"}`, malformed input a problem document naming the field.
+
+use crate::metrics::{ENDPOINTS, Gauges};
+use crate::service::{Service, ServiceError};
+use crate::storage::Storage;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use robert_proto::api::{
+    AuthRequestBody, RegisterRequest, RejectedBody, ReportRequest, ReportResponse, ResetRequestBody,
+    ServerKeyResponse, b64_encode,
+};
+use serde::Serialize;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The OpenAPI document served at `GET /openapi.json`.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// A problem document (RFC 9457) for malformed requests.
+#[derive(Debug, Serialize)]
+struct Problem {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    title: &'static str,
+    status: u16,
+    detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<String>,
+}
+
+fn problem(status: StatusCode, title: &'static str, detail: String, field: Option<String>) -> Response {
+    let body = Problem { kind: "about:blank", title, status: status.as_u16(), detail, field };
+    let mut resp = (status, Json(body)).into_response();
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+    resp
+}
+
+impl IntoResponse for ServiceError {
+    fn into_response(self) -> Response {
+        match self {
+            ServiceError::Rejected => (StatusCode::FORBIDDEN, Json(RejectedBody::default())).into_response(),
+            ServiceError::BadRequest { field, reason } => {
+                problem(StatusCode::BAD_REQUEST, "Bad Request", reason, Some(field.to_owned()))
+            }
+            ServiceError::Internal(detail) => {
+                tracing::error!(%detail, "internal error");
+                problem(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Internal Server Error",
+                    "internal error".into(),
+                    None,
+                )
+            }
+        }
+    }
+}
+
+/// `Json<T>` whose rejections are problem documents that never echo the body.
+struct ApiJson<T>(T);
+
+impl<T, St> FromRequest<St> for ApiJson<T>
+where
+    Json<T>: FromRequest<St, Rejection = JsonRejection>,
+    St: Send + Sync,
+{
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &St) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Self(v)),
+            Err(rejection) => Err(json_problem(&rejection)),
+        }
+    }
+}
+
+/// Maps a JSON extraction failure to a problem document. serde's messages can quote the offending
+/// value, so only the field name of a missing or unknown field is kept.
+fn json_problem(rejection: &JsonRejection) -> Response {
+    let status = rejection.status();
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        return problem(status, "Payload Too Large", "request body too large".into(), None);
+    }
+    if status == StatusCode::UNSUPPORTED_MEDIA_TYPE {
+        return problem(
+            status,
+            "Unsupported Media Type",
+            "expected Content-Type: application/json".into(),
+            None,
+        );
+    }
+    let text = rejection.body_text();
+    let field = ["missing field `", "unknown field `"].iter().find_map(|p| {
+        let start = text.find(p)? + p.len();
+        let end = text[start..].find('`')? + start;
+        Some(text[start..end].to_owned())
+    });
+    let detail = match (&field, text.contains("missing field")) {
+        (Some(f), true) => format!("missing field {f}"),
+        (Some(f), false) => format!("unknown field {f}"),
+        (None, _) => "body is not valid JSON for this endpoint".into(),
+    };
+    problem(StatusCode::BAD_REQUEST, "Bad Request", detail, field)
+}
+
+fn endpoint_index(path: &str) -> Option<usize> {
+    let name = match path {
+        "/api/v1/clock" => "clock",
+        "/api/v1/server-key" => "server_key",
+        "/api/v1/register/challenge" => "challenge",
+        "/api/v1/register" => "register",
+        "/api/v1/status" => "status",
+        "/api/v1/status/ack" => "status_ack",
+        "/api/v1/status/reset" => "status_reset",
+        "/api/v1/report" => "report",
+        "/api/v1/unregister" => "unregister",
+        "/api/v1/delete-history" => "delete_history",
+        "/metrics" => "metrics",
+        "/healthz" => "healthz",
+        "/openapi.json" => "openapi",
+        _ => return None,
+    };
+    ENDPOINTS.iter().position(|e| *e == name)
+}
+
+async fn observe<S: Storage>(State(svc): State<Arc<Service<S>>>, req: Request, next: Next) -> Response {
+    let idx = endpoint_index(req.uri().path());
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    if let Some(i) = idx {
+        svc.metrics().observe(i, resp.status().as_u16(), start.elapsed());
+    }
+    resp
+}
+
+/// The router of the API, over a service.
+pub fn router<S: Storage>(service: Arc<Service<S>>) -> Router {
+    let limit = service.config().server.max_body_bytes;
+    Router::new()
+        .route("/api/v1/clock", get(clock::<S>))
+        .route("/api/v1/server-key", get(server_key::<S>))
+        .route("/api/v1/register/challenge", post(challenge::<S>))
+        .route("/api/v1/register", post(register::<S>))
+        .route("/api/v1/status", post(status::<S>))
+        .route("/api/v1/status/ack", post(status_ack::<S>))
+        .route("/api/v1/status/reset", post(status_reset::<S>))
+        .route("/api/v1/report", post(report::<S>))
+        .route("/api/v1/unregister", post(unregister::<S>))
+        .route("/api/v1/delete-history", post(delete_history::<S>))
+        .route("/metrics", get(metrics::<S>))
+        .route("/healthz", get(healthz))
+        .route("/openapi.json", get(openapi))
+        .layer(middleware::from_fn_with_state(service.clone(), observe::<S>))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(service)
+}
+
+type Svc<S> = State<Arc<Service<S>>>;
+
+async fn clock<S: Storage>(State(svc): Svc<S>) -> Result<impl IntoResponse, ServiceError> {
+    Ok(Json(svc.clock()?))
+}
+
+async fn server_key<S: Storage>(State(svc): Svc<S>) -> impl IntoResponse {
+    Json(ServerKeyResponse { public_key: b64_encode(svc.server_public_key().as_bytes()) })
+}
+
+async fn challenge<S: Storage>(State(svc): Svc<S>) -> impl IntoResponse {
+    Json(svc.challenge())
+}
+
+async fn register<S: Storage>(
+    State(svc): Svc<S>,
+    ApiJson(body): ApiJson<RegisterRequest>,
+) -> Result<impl IntoResponse, ServiceError> {
+    Ok((StatusCode::CREATED, Json(svc.register(&body).await?)))
+}
+
+async fn status<S: Storage>(
+    State(svc): Svc<S>,
+    ApiJson(body): ApiJson<AuthRequestBody>,
+) -> Result<impl IntoResponse, ServiceError> {
+    Ok(Json(svc.status(&body).await?))
+}
+
+async fn status_ack<S: Storage>(
+    State(svc): Svc<S>,
+    ApiJson(body): ApiJson<AuthRequestBody>,
+) -> Result<StatusCode, ServiceError> {
+    svc.acknowledge(&body).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn status_reset<S: Storage>(
+    State(svc): Svc<S>,
+    ApiJson(body): ApiJson<ResetRequestBody>,
+) -> Result<StatusCode, ServiceError> {
+    svc.reset_status(&body).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn unregister<S: Storage>(
+    State(svc): Svc<S>,
+    ApiJson(body): ApiJson<AuthRequestBody>,
+) -> Result<StatusCode, ServiceError> {
+    svc.unregister(&body).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn delete_history<S: Storage>(
+    State(svc): Svc<S>,
+    ApiJson(body): ApiJson<AuthRequestBody>,
+) -> Result<StatusCode, ServiceError> {
+    svc.delete_history(&body).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn report<S: Storage>(
+    State(svc): Svc<S>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<ReportRequest>,
+) -> Result<impl IntoResponse, ServiceError> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let accepted = svc.report(bearer, &body).await?;
+    Ok((StatusCode::ACCEPTED, Json(ReportResponse { accepted })))
+}
+
+async fn metrics<S: Storage>(State(svc): Svc<S>) -> Result<impl IntoResponse, ServiceError> {
+    let s = svc.storage().stats().await?;
+    let text = svc.metrics().render(Gauges {
+        users: s.users,
+        pool_depth: s.pool_depth,
+        outbox_depth: s.outbox_depth,
+    });
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+}
+
+/// Serves the API on `listener` with the background jobs (mixer, expiry, day keys) until
+/// `shutdown` resolves; then stops accepting, finishes in-flight requests and stops the jobs.
+pub async fn run<S: Storage>(
+    listener: tokio::net::TcpListener,
+    service: Arc<Service<S>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let jobs = crate::jobs::spawn(service.clone(), stop_rx);
+    let app = router(service);
+    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    let _ = stop_tx.send(true);
+    for job in jobs {
+        let _ = tokio::time::timeout(Duration::from_secs(10), job).await;
+    }
+    served
+}

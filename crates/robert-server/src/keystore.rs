@@ -1,0 +1,327 @@
+//! The server's secrets (§3.1): K_G, the registration key pair (sk_S, pk_S), the key-encryption
+//! key (KEK) that wraps every K_auth / K_enc at rest, and each UTC day's K_S.
+//!
+//! This is the only module that touches the server's long-term key material. The file backend
+//! keeps the three long-term keys as hex text files (mode 0600) in the key directory; a PKCS#11
+//! backend (security module, Annex B) takes the same role later. Each day's K_S is drawn fresh,
+//! stored wrapped under the KEK in the database (so every replica and every restart uses the same
+//! one), kept CT days after its day, then destroyed (footnote 5).
+
+use crate::storage::Storage;
+use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use robert_proto::secret::SecretBytes;
+use robert_proto::{EbidCipher, FederationKey, KAuth, KEnc, ServerKey, ServerKeyPair, SessionKeys};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use zeroize::Zeroizing;
+
+/// File names in a key directory.
+pub const FEDERATION_KEY_FILE: &str = "federation-key.hex";
+/// sk_S, the registration private scalar.
+pub const REGISTRATION_KEY_FILE: &str = "registration-key.hex";
+/// pk_S, SEC1 uncompressed, for apps to pin (not secret).
+pub const REGISTRATION_PUBLIC_FILE: &str = "registration-public.hex";
+/// The key-encryption key.
+pub const KEK_FILE: &str = "kek.hex";
+
+/// Key-store errors. Never carry key material.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// A key file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A key file does not hold a valid key.
+    #[error("{path}: {reason}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong (never the content).
+        reason: &'static str,
+    },
+    /// `keygen` would overwrite existing keys.
+    #[error("{0} already exists: refusing to overwrite server keys")]
+    Exists(PathBuf),
+    /// A wrapped value does not unwrap (wrong KEK, or tampered).
+    #[error("wrapped key does not verify under the key-encryption key")]
+    Unwrap,
+    /// Storage failed while handling day keys.
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
+}
+
+/// Writes fresh K_G (AES-256), sk_S and KEK into `dir` (created if needed, files mode 0600).
+/// Refuses to overwrite: losing these keys loses every registration.
+pub fn keygen(dir: &Path, rng: &mut (impl rand_core::CryptoRng + ?Sized)) -> Result<(), KeyError> {
+    std::fs::create_dir_all(dir).map_err(|source| KeyError::Io { path: dir.to_owned(), source })?;
+    for f in [FEDERATION_KEY_FILE, REGISTRATION_KEY_FILE, KEK_FILE] {
+        let p = dir.join(f);
+        if p.exists() {
+            return Err(KeyError::Exists(p));
+        }
+    }
+    let kg = SecretBytes::<32>::random(rng);
+    let kek = SecretBytes::<32>::random(rng);
+    let pair = ServerKeyPair::generate(rng);
+    write_secret(&dir.join(FEDERATION_KEY_FILE), kg.expose_secret())?;
+    write_secret(&dir.join(KEK_FILE), kek.expose_secret())?;
+    write_secret(&dir.join(REGISTRATION_KEY_FILE), pair.to_scalar().expose_secret())?;
+    let public = dir.join(REGISTRATION_PUBLIC_FILE);
+    std::fs::write(&public, format!("{}\n", hex::encode(pair.public_key().as_bytes())))
+        .map_err(|source| KeyError::Io { path: public, source })?;
+    Ok(())
+}
+
+fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
+    let io = |source| KeyError::Io { path: path.to_owned(), source };
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path).map_err(io)?;
+    let text = Zeroizing::new(format!("{}\n", hex::encode(bytes)));
+    f.write_all(text.as_bytes()).map_err(io)?;
+    f.sync_all().map_err(io)
+}
+
+fn read_secret(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+    let text = Zeroizing::new(
+        std::fs::read_to_string(path).map_err(|source| KeyError::Io { path: path.to_owned(), source })?,
+    );
+    hex::decode(text.trim())
+        .map(Zeroizing::new)
+        .map_err(|_| KeyError::Invalid { path: path.to_owned(), reason: "not hex" })
+}
+
+/// True if `dir` holds a complete set of server keys.
+pub fn keys_exist(dir: &Path) -> bool {
+    [FEDERATION_KEY_FILE, REGISTRATION_KEY_FILE, KEK_FILE].iter().all(|f| dir.join(f).exists())
+}
+
+/// The key-encryption key: AES-256-GCM, random 96-bit nonce, the owner's identity as associated
+/// data (so a wrapped value cannot be moved to another row).
+pub struct Kek {
+    key: LessSafeKey,
+}
+
+impl Kek {
+    fn new(bytes: &[u8]) -> Option<Self> {
+        UnboundKey::new(&AES_256_GCM, bytes).ok().map(|k| Self { key: LessSafeKey::new(k) })
+    }
+
+    /// `nonce ‖ ciphertext ‖ tag`.
+    pub fn wrap(&self, plain: &[u8], aad: &[u8]) -> Vec<u8> {
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::fill(&mut nonce[..]);
+        let mut out = Vec::with_capacity(NONCE_LEN + plain.len() + 16);
+        out.extend_from_slice(&nonce);
+        let mut body = plain.to_vec();
+        self.key
+            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut body)
+            .expect("AES-GCM sealing of a short buffer cannot fail");
+        out.extend_from_slice(&body);
+        zeroize::Zeroize::zeroize(&mut body);
+        out
+    }
+
+    /// Inverse of [`Kek::wrap`].
+    pub fn unwrap(&self, wrapped: &[u8], aad: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        if wrapped.len() < NONCE_LEN + 16 {
+            return Err(KeyError::Unwrap);
+        }
+        let (nonce, rest) = wrapped.split_at(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| KeyError::Unwrap)?;
+        let mut buf = Zeroizing::new(rest.to_vec());
+        let len =
+            self.key.open_in_place(nonce, Aad::from(aad), &mut buf).map_err(|_| KeyError::Unwrap)?.len();
+        buf.truncate(len);
+        Ok(buf)
+    }
+
+    /// Wraps an App's K_auth ‖ K_enc for the IDTable row of `id_bytes`.
+    pub fn wrap_session_keys(&self, keys: &SessionKeys, id_bytes: &[u8]) -> Vec<u8> {
+        let mut plain = Zeroizing::new([0u8; 64]);
+        plain[..32].copy_from_slice(keys.k_auth.expose_secret());
+        plain[32..].copy_from_slice(keys.k_enc.expose_secret());
+        self.wrap(&plain[..], id_bytes)
+    }
+
+    /// Unwraps what [`Kek::wrap_session_keys`] made.
+    pub fn unwrap_session_keys(&self, wrapped: &[u8], id_bytes: &[u8]) -> Result<SessionKeys, KeyError> {
+        let plain = self.unwrap(wrapped, id_bytes)?;
+        if plain.len() != 64 {
+            return Err(KeyError::Unwrap);
+        }
+        Ok(SessionKeys {
+            k_auth: KAuth::from_slice(&plain[..32]).map_err(|_| KeyError::Unwrap)?,
+            k_enc: KEnc::from_slice(&plain[32..]).map_err(|_| KeyError::Unwrap)?,
+        })
+    }
+}
+
+impl fmt::Debug for Kek {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Kek([redacted])")
+    }
+}
+
+/// The long-term secrets of a running server.
+pub struct ServerSecrets {
+    /// K_G.
+    pub federation: FederationKey,
+    /// (sk_S, pk_S).
+    pub registration: ServerKeyPair,
+    /// The key-encryption key.
+    pub kek: Kek,
+    /// Keys the proof-of-work challenges' MAC (derived from the KEK, so replicas agree).
+    pub challenge_key: aws_lc_rs::hmac::Key,
+}
+
+impl ServerSecrets {
+    /// Loads the three key files of `dir`.
+    pub fn load(dir: &Path) -> Result<Self, KeyError> {
+        let invalid = |f: &str, reason| KeyError::Invalid { path: dir.join(f), reason };
+        let kg = read_secret(&dir.join(FEDERATION_KEY_FILE))?;
+        let federation = FederationKey::new(&kg)
+            .map_err(|_| invalid(FEDERATION_KEY_FILE, "K_G must be 16, 24 or 32 bytes"))?;
+        let sk = read_secret(&dir.join(REGISTRATION_KEY_FILE))?;
+        let scalar = SecretBytes::<32>::from_slice("sk_S", &sk)
+            .map_err(|_| invalid(REGISTRATION_KEY_FILE, "sk_S must be 32 bytes"))?;
+        let registration = ServerKeyPair::from_scalar(&scalar)
+            .map_err(|_| invalid(REGISTRATION_KEY_FILE, "sk_S is not a valid P-256 scalar"))?;
+        let kek_bytes = read_secret(&dir.join(KEK_FILE))?;
+        let kek = Kek::new(&kek_bytes).ok_or_else(|| invalid(KEK_FILE, "the KEK must be 32 bytes"))?;
+        let derived = Zeroizing::new(hmac_sha256(&kek_bytes, b"robert proof-of-work challenges"));
+        let challenge_key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &derived[..]);
+        Ok(Self { federation, registration, kek, challenge_key })
+    }
+}
+
+fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
+    let k = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, key);
+    let tag = aws_lc_rs::hmac::sign(&k, msg);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(tag.as_ref());
+    out
+}
+
+impl fmt::Debug for ServerSecrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ServerSecrets([redacted])")
+    }
+}
+
+/// Each UTC day's K_S (§3.1 footnote 5), expanded for SKINNY, cached in memory, persisted wrapped.
+#[derive(Default)]
+pub struct DayKeys {
+    cache: RwLock<BTreeMap<u32, Arc<EbidCipher>>>,
+}
+
+/// The associated data that binds a wrapped day key to its day.
+fn day_aad(day: u32) -> [u8; 8] {
+    let mut aad = *b"K_S\0\0\0\0\0";
+    aad[4..].copy_from_slice(&day.to_be_bytes());
+    aad
+}
+
+impl DayKeys {
+    /// Loads every stored day key.
+    pub async fn load(storage: &impl Storage, kek: &Kek) -> Result<Self, KeyError> {
+        let mut map = BTreeMap::new();
+        for (day, wrapped) in storage.server_keys().await? {
+            map.insert(day, Arc::new(Self::expand(kek, day, &wrapped)?));
+        }
+        Ok(Self { cache: RwLock::new(map) })
+    }
+
+    fn expand(kek: &Kek, day: u32, wrapped: &[u8]) -> Result<EbidCipher, KeyError> {
+        let plain = kek.unwrap(wrapped, &day_aad(day))?;
+        let key = ServerKey::from_slice(&plain).map_err(|_| KeyError::Unwrap)?;
+        Ok(EbidCipher::new(&key))
+    }
+
+    /// The cipher of `day` if it exists (decryption never creates a key).
+    pub fn get(&self, day: u32) -> Option<Arc<EbidCipher>> {
+        self.cache.read().expect("day-key lock is never poisoned: no panics inside").get(&day).cloned()
+    }
+
+    /// The cipher of `day`, creating (fresh, random) and persisting the key if the day has none.
+    /// Replicas racing to create the same day agree on the one stored first.
+    pub async fn get_or_create(
+        &self,
+        day: u32,
+        storage: &impl Storage,
+        kek: &Kek,
+    ) -> Result<Arc<EbidCipher>, KeyError> {
+        if let Some(c) = self.get(day) {
+            return Ok(c);
+        }
+        let fresh = ServerKey::new(rand::random());
+        let wrapped = kek.wrap(fresh.expose_secret(), &day_aad(day));
+        drop(fresh);
+        let in_force = storage.put_server_key(day, wrapped).await?;
+        let cipher = Arc::new(Self::expand(kek, day, &in_force)?);
+        let mut cache = self.cache.write().expect("day-key lock is never poisoned: no panics inside");
+        Ok(cache.entry(day).or_insert(cipher).clone())
+    }
+
+    /// Forgets (destroys in memory) the keys of days before `day`; the storage's `expire` deletes
+    /// the wrapped copies.
+    pub fn forget_before(&self, day: u32) -> usize {
+        let mut cache = self.cache.write().expect("day-key lock is never poisoned: no panics inside");
+        let keep = cache.split_off(&day);
+        let n = cache.len();
+        *cache = keep;
+        n
+    }
+
+    /// Days with a key in memory.
+    pub fn days(&self) -> Vec<u32> {
+        self.cache.read().expect("day-key lock is never poisoned: no panics inside").keys().copied().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keygen_then_load_and_no_overwrite() {
+        let dir = tempfile::tempdir().expect("tmp");
+        keygen(dir.path(), &mut rand::rng()).expect("keygen");
+        assert!(keys_exist(dir.path()));
+        let s = ServerSecrets::load(dir.path()).expect("load");
+        let public = std::fs::read_to_string(dir.path().join(REGISTRATION_PUBLIC_FILE)).expect("public");
+        assert_eq!(public.trim(), hex::encode(s.registration.public_key().as_bytes()));
+        assert!(matches!(keygen(dir.path(), &mut rand::rng()), Err(KeyError::Exists(_))));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join(KEK_FILE)).expect("meta").permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn wrap_binds_to_owner() {
+        let kek = Kek::new(&[7; 32]).expect("32 bytes");
+        let w = kek.wrap(b"secret", b"id-1");
+        assert_eq!(&kek.unwrap(&w, b"id-1").expect("unwraps")[..], b"secret");
+        assert!(kek.unwrap(&w, b"id-2").is_err());
+        let mut t = w.clone();
+        t[20] ^= 1;
+        assert!(kek.unwrap(&t, b"id-1").is_err());
+        assert!(kek.unwrap(&w[..10], b"id-1").is_err());
+        assert_eq!(format!("{kek:?}"), "Kek([redacted])");
+    }
+}

@@ -1,0 +1,234 @@
+//! Prometheus metrics (`GET /metrics`): counts and latencies, never an identifier.
+//!
+//! Hand-rolled on atomics (a fixed set of endpoints and outcomes) rather than a metrics framework:
+//! the hot paths pay one relaxed atomic add per observation and nothing else.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// The HTTP endpoints, as metric labels.
+pub const ENDPOINTS: [&str; 13] = [
+    "clock",
+    "server_key",
+    "challenge",
+    "register",
+    "status",
+    "status_ack",
+    "status_reset",
+    "report",
+    "unregister",
+    "delete_history",
+    "metrics",
+    "healthz",
+    "openapi",
+];
+
+const STATUSES: [u16; 11] = [200, 201, 202, 204, 400, 403, 404, 413, 415, 429, 500];
+/// Latency histogram bucket upper bounds, seconds.
+const BUCKETS: [f64; 12] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0];
+
+#[derive(Default)]
+struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+/// The server's counters.
+#[derive(Default)]
+pub struct Metrics {
+    requests: [[AtomicU64; STATUSES.len() + 1]; ENDPOINTS.len()],
+    latency: [Histogram; ENDPOINTS.len()],
+    registrations: AtomicU64,
+    registrations_rejected: AtomicU64,
+    notifications: AtomicU64,
+    pairs_accepted: AtomicU64,
+    pairs_processed: AtomicU64,
+    pairs_rejected: AtomicU64,
+    pairs_forwarded: AtomicU64,
+    pairs_dropped_foreign: AtomicU64,
+}
+
+/// Gauges read from storage at scrape time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Gauges {
+    /// Registered IDs.
+    pub users: u64,
+    /// Pairs in the pool.
+    pub pool_depth: u64,
+    /// Pairs in the federation outbox.
+    pub outbox_depth: u64,
+}
+
+impl Metrics {
+    /// Records one HTTP request (`endpoint` must be one of [`ENDPOINTS`]).
+    pub fn observe(&self, endpoint: usize, status: u16, elapsed: Duration) {
+        let Some(row) = self.requests.get(endpoint) else { return };
+        let col = STATUSES.iter().position(|s| *s == status).unwrap_or(STATUSES.len());
+        row[col].fetch_add(1, Relaxed);
+        let h = &self.latency[endpoint];
+        let secs = elapsed.as_secs_f64();
+        for (i, le) in BUCKETS.iter().enumerate() {
+            if secs <= *le {
+                h.buckets[i].fetch_add(1, Relaxed);
+            }
+        }
+        h.count.fetch_add(1, Relaxed);
+        h.sum_micros.fetch_add(elapsed.as_micros() as u64, Relaxed);
+    }
+
+    /// A registration succeeded.
+    pub fn registered(&self) {
+        self.registrations.fetch_add(1, Relaxed);
+    }
+    /// A registration failed a check (proof of work, challenge).
+    pub fn registration_rejected(&self) {
+        self.registrations_rejected.fetch_add(1, Relaxed);
+    }
+    /// A user was newly answered "at risk".
+    pub fn notified(&self) {
+        self.notifications.fetch_add(1, Relaxed);
+    }
+    /// Pairs durably accepted into the pool.
+    pub fn pairs_accepted(&self, n: u64) {
+        self.pairs_accepted.fetch_add(n, Relaxed);
+    }
+    /// A pair added an exposure.
+    pub fn pair_processed(&self) {
+        self.pairs_processed.fetch_add(1, Relaxed);
+    }
+    /// A pair failed a §6.2 check.
+    pub fn pair_rejected(&self) {
+        self.pairs_rejected.fetch_add(1, Relaxed);
+    }
+    /// A pair went to the federation outbox.
+    pub fn pair_forwarded(&self) {
+        self.pairs_forwarded.fetch_add(1, Relaxed);
+    }
+    /// A pair named a foreign country that is not a peer.
+    pub fn pair_dropped_foreign(&self) {
+        self.pairs_dropped_foreign.fetch_add(1, Relaxed);
+    }
+
+    /// Counter values by name (for tests and benchmarks).
+    pub fn counter(&self, name: &str) -> Option<u64> {
+        let c = match name {
+            "registrations" => &self.registrations,
+            "registrations_rejected" => &self.registrations_rejected,
+            "notifications" => &self.notifications,
+            "pairs_accepted" => &self.pairs_accepted,
+            "pairs_processed" => &self.pairs_processed,
+            "pairs_rejected" => &self.pairs_rejected,
+            "pairs_forwarded" => &self.pairs_forwarded,
+            "pairs_dropped_foreign" => &self.pairs_dropped_foreign,
+            _ => return None,
+        };
+        Some(c.load(Relaxed))
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self, gauges: Gauges) -> String {
+        let mut out = String::with_capacity(8192);
+        let counters: [(&str, &str, &AtomicU64); 8] = [
+            ("robert_registrations_total", "Registrations accepted.", &self.registrations),
+            (
+                "robert_registrations_rejected_total",
+                "Registrations refused (proof of work, challenge).",
+                &self.registrations_rejected,
+            ),
+            ("robert_notifications_total", "Users newly answered at risk.", &self.notifications),
+            (
+                "robert_pairs_accepted_total",
+                "Uploaded pairs durably stored in the pool.",
+                &self.pairs_accepted,
+            ),
+            (
+                "robert_pairs_processed_total",
+                "Pairs that added an exposure (spec 6.2 step 9).",
+                &self.pairs_processed,
+            ),
+            ("robert_pairs_rejected_total", "Pairs that failed a spec 6.2 check.", &self.pairs_rejected),
+            ("robert_pairs_forwarded_total", "Pairs put in the federation outbox.", &self.pairs_forwarded),
+            (
+                "robert_pairs_dropped_foreign_total",
+                "Pairs for a country that is not a peer.",
+                &self.pairs_dropped_foreign,
+            ),
+        ];
+        for (name, help, c) in counters {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", c.load(Relaxed));
+        }
+        let gauge_rows = [
+            ("robert_registered_ids", "Registered IDs.", gauges.users),
+            ("robert_pool_depth", "Uploaded pairs waiting for the mixer.", gauges.pool_depth),
+            ("robert_outbox_depth", "Pairs waiting in the federation outbox.", gauges.outbox_depth),
+        ];
+        for (name, help, v) in gauge_rows {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        }
+        let _ = writeln!(out, "# HELP robert_http_requests_total HTTP requests by endpoint and status.");
+        let _ = writeln!(out, "# TYPE robert_http_requests_total counter");
+        for (e, row) in self.requests.iter().enumerate() {
+            for (i, c) in row.iter().enumerate() {
+                let v = c.load(Relaxed);
+                if v > 0 {
+                    let status = STATUSES.get(i).map_or("other".to_owned(), u16::to_string);
+                    let _ = writeln!(
+                        out,
+                        "robert_http_requests_total{{endpoint=\"{}\",status=\"{status}\"}} {v}",
+                        ENDPOINTS[e]
+                    );
+                }
+            }
+        }
+        let _ =
+            writeln!(out, "# HELP robert_http_request_duration_seconds HTTP request latency by endpoint.");
+        let _ = writeln!(out, "# TYPE robert_http_request_duration_seconds histogram");
+        for (e, h) in self.latency.iter().enumerate() {
+            let count = h.count.load(Relaxed);
+            if count == 0 {
+                continue;
+            }
+            let ep = ENDPOINTS[e];
+            for (i, le) in BUCKETS.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "robert_http_request_duration_seconds_bucket{{endpoint=\"{ep}\",le=\"{le}\"}} {}",
+                    h.buckets[i].load(Relaxed)
+                );
+            }
+            let _ = writeln!(
+                out,
+                "robert_http_request_duration_seconds_bucket{{endpoint=\"{ep}\",le=\"+Inf\"}} {count}"
+            );
+            let sum = h.sum_micros.load(Relaxed) as f64 / 1e6;
+            let _ = writeln!(out, "robert_http_request_duration_seconds_sum{{endpoint=\"{ep}\"}} {sum}");
+            let _ = writeln!(out, "robert_http_request_duration_seconds_count{{endpoint=\"{ep}\"}} {count}");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counts_and_histograms() {
+        let m = Metrics::default();
+        m.observe(4, 200, Duration::from_micros(300));
+        m.observe(4, 403, Duration::from_millis(2));
+        m.notified();
+        let text = m.render(Gauges { users: 5, pool_depth: 1, outbox_depth: 0 });
+        assert!(text.contains("robert_http_requests_total{endpoint=\"status\",status=\"200\"} 1"));
+        assert!(text.contains("robert_http_requests_total{endpoint=\"status\",status=\"403\"} 1"));
+        assert!(
+            text.contains("robert_http_request_duration_seconds_bucket{endpoint=\"status\",le=\"0.0005\"} 1")
+        );
+        assert!(text.contains("robert_http_request_duration_seconds_count{endpoint=\"status\"} 2"));
+        assert!(text.contains("robert_notifications_total 1"));
+        assert!(text.contains("robert_registered_ids 5"));
+        assert_eq!(m.counter("notifications"), Some(1));
+    }
+}

@@ -1,0 +1,622 @@
+//! The protocol service: every server step of the spec, independent of HTTP.
+//!
+//! | operation | spec |
+//! |---|---|
+//! | [`Service::challenge`], [`Service::register`] | §3.3 (proof of work, key agreement), §4 (initial EBID list) |
+//! | [`Service::status`] | §7 (ESR, steps 1–8 and the reply), §4 (EBID refresh), Annex A (probabilistic notification) |
+//! | [`Service::acknowledge`] | §7 "Application processing" step 1 (code 5) |
+//! | [`Service::unregister`], [`Service::delete_history`] | Annex C (codes 3 and 4) |
+//! | [`Service::reset_status`] | §3.2 UN_A "can be reset" (code 6, `reset` token) |
+//! | [`Service::report`], [`Service::mix_once`] | §6.1 (upload), §6.2 steps 1–10 (mixer) |
+//! | [`Service::expire`] | footnote 5 (day keys), footnote 17 (LEE_A), single-use records |
+//!
+//! Every protocol-check failure is the same [`ServiceError::Rejected`], and the authenticated
+//! requests run their checks without early exit (a storage read and a MAC are always performed)
+//! so that an unknown ID, a bad MAC, an epoch mismatch or a stale time take comparable time.
+
+use crate::config::Config;
+use crate::keystore::{DayKeys, KeyError, ServerSecrets};
+use crate::metrics::Metrics;
+use crate::risk;
+use crate::storage::{
+    Exposure, PoolEntry, ProcessedBatch, StatusOutcome, Storage, StorageError, TokenUse, UserRecord,
+};
+use crate::token::{Purpose, TrustedAuthorities};
+use rand::RngExt;
+use rand::seq::SliceRandom;
+use robert_proto::api::{
+    AuthRequestBody, ChallengeResponse, ClockResponse, RegisterRequest, RegisterResponse, ReportRequest,
+    ResetRequestBody, StatusResponse, b64_decode, b64_encode,
+};
+use robert_proto::pow;
+use robert_proto::sealed::{self, EbidEntry};
+use robert_proto::{
+    AuthKey, AuthRequest, CountryCode, DecodeError, Epoch, EpochSchedule, Id, KAuth, KEnc, NtpTime,
+    PublicKey, RequestCode, SessionKeys, UploadRecord,
+};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The server's clock, injectable for tests (NTP seconds).
+pub type Clock = Arc<dyn Fn() -> NtpTime + Send + Sync>;
+
+/// The system clock.
+pub fn system_clock() -> Clock {
+    Arc::new(|| {
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        NtpTime::from_unix(unix).unwrap_or(NtpTime::new(u32::MAX))
+    })
+}
+
+/// Why an operation did not succeed. The HTTP layer maps these in one place.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// A protocol check failed: answered uniformly, with no detail (§6.2, §7).
+    #[error("rejected")]
+    Rejected,
+    /// Malformed input: the field is named, its value never.
+    #[error("{field}: {reason}")]
+    BadRequest {
+        /// The offending field.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The server failed; the detail is logged, never sent.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<DecodeError> for ServiceError {
+    fn from(e: DecodeError) -> Self {
+        Self::BadRequest { field: e.field(), reason: e.to_string() }
+    }
+}
+
+impl From<StorageError> for ServiceError {
+    fn from(e: StorageError) -> Self {
+        Self::Internal(e.to_string())
+    }
+}
+
+impl From<KeyError> for ServiceError {
+    fn from(e: KeyError) -> Self {
+        Self::Internal(e.to_string())
+    }
+}
+
+/// Result of service operations.
+pub type ServiceResult<T> = Result<T, ServiceError>;
+
+/// A pool entry after §6.2 steps 2–6: its index in the batch, the record, and each (epoch, ID) its
+/// EBID decrypts to under a plausible day key.
+type Candidate = (usize, UploadRecord, Vec<(Epoch, Id)>);
+
+/// What [`Service::authenticate`] established about a request that passed §7 steps 1–6.
+struct Authenticated {
+    id: Id,
+    record: UserRecord,
+    keys: SessionKeys,
+    now: Epoch,
+    claimed_epoch: Epoch,
+}
+
+/// Length of a proof-of-work challenge: nonce(16) ‖ expiry(4) ‖ difficulty(1) ‖ MAC(16).
+const CHALLENGE_LEN: usize = 16 + 4 + 1 + 16;
+
+/// The ROBERT back-end, over a storage backend `S`.
+pub struct Service<S> {
+    config: Config,
+    schedule: EpochSchedule,
+    secrets: ServerSecrets,
+    day_keys: DayKeys,
+    storage: S,
+    authorities: TrustedAuthorities,
+    clock: Clock,
+    metrics: Metrics,
+    mixer_wakeup: tokio::sync::Notify,
+    pending_since: Mutex<Option<Instant>>,
+    dummy_auth: AuthKey,
+}
+
+impl<S: Storage> Service<S> {
+    /// Builds the service; loads the stored day keys.
+    pub async fn new(
+        config: Config,
+        service_start: NtpTime,
+        secrets: ServerSecrets,
+        storage: S,
+        authorities: TrustedAuthorities,
+        clock: Clock,
+    ) -> ServiceResult<Self> {
+        let schedule = EpochSchedule::new(service_start, config.protocol.epoch_duration_sec)
+            .ok_or_else(|| ServiceError::Internal("epoch duration must be positive".into()))?;
+        let day_keys = DayKeys::load(&storage, &secrets.kek).await?;
+        Ok(Self {
+            config,
+            schedule,
+            secrets,
+            day_keys,
+            storage,
+            authorities,
+            clock,
+            metrics: Metrics::default(),
+            mixer_wakeup: tokio::sync::Notify::new(),
+            pending_since: Mutex::new(None),
+            dummy_auth: AuthKey::new(&KAuth::new(rand::random())),
+        })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The epoch schedule.
+    pub fn schedule(&self) -> &EpochSchedule {
+        &self.schedule
+    }
+
+    /// The storage backend.
+    pub fn storage(&self) -> &S {
+        &self.storage
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The server's current time.
+    pub fn now(&self) -> NtpTime {
+        (self.clock)()
+    }
+
+    fn now_epoch(&self, now: NtpTime) -> ServiceResult<Epoch> {
+        self.schedule
+            .epoch_at(now)
+            .ok_or_else(|| ServiceError::Internal("the clock is before the service start".into()))
+    }
+
+    /// The UTC day (days since 1970-01-01) that epoch `e` starts in: the day whose K_S makes its
+    /// EBIDs.
+    fn day_of_epoch(&self, e: Epoch) -> Option<u32> {
+        self.schedule.epoch_start(e).map(|t| (t.to_unix() / 86_400) as u32)
+    }
+
+    /// `GET /api/v1/clock`.
+    pub fn clock(&self) -> ServiceResult<ClockResponse> {
+        let now = self.now();
+        Ok(ClockResponse {
+            service_start_ntp: self.schedule.service_start().seconds(),
+            epoch_duration_sec: self.schedule.epoch_duration_sec(),
+            current_epoch: self.now_epoch(now)?.number(),
+            ntp_time: now.seconds(),
+        })
+    }
+
+    /// `GET /api/v1/server-key`: pk_S.
+    pub fn server_public_key(&self) -> &PublicKey {
+        self.secrets.registration.public_key()
+    }
+
+    /// `POST /api/v1/register/challenge` (§3.3): a puzzle the server can check without storing it.
+    pub fn challenge(&self) -> ChallengeResponse {
+        let now = self.now();
+        let expires = now.checked_add(self.config.registration.challenge_ttl_sec).unwrap_or(now);
+        let difficulty = self.config.registration.pow_difficulty;
+        let mut c = [0u8; CHALLENGE_LEN];
+        rand::fill(&mut c[..16]);
+        c[16..20].copy_from_slice(&expires.to_be_bytes());
+        c[20] = difficulty;
+        let mac = self.challenge_mac(&c[..21]);
+        c[21..].copy_from_slice(&mac);
+        ChallengeResponse { challenge: b64_encode(&c), difficulty, expires_ntp: expires.seconds() }
+    }
+
+    fn challenge_mac(&self, body: &[u8]) -> [u8; 16] {
+        let tag = aws_lc_rs::hmac::sign(&self.secrets.challenge_key, body);
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&tag.as_ref()[..16]);
+        out
+    }
+
+    /// `POST /api/v1/register` (§3.3, §4).
+    pub async fn register(&self, req: &RegisterRequest) -> ServiceResult<RegisterResponse> {
+        let challenge = b64_decode("challenge", &req.challenge)?;
+        let solution = b64_decode("solution", &req.solution)?;
+        let client = b64_decode("clientPublicKey", &req.client_public_key)?;
+        if challenge.len() != CHALLENGE_LEN {
+            return Err(DecodeError::Length {
+                what: "challenge",
+                expected: CHALLENGE_LEN,
+                got: challenge.len(),
+            }
+            .into());
+        }
+        let solution: [u8; pow::SOLUTION_LEN] = solution.as_slice().try_into().map_err(|_| {
+            DecodeError::Length { what: "solution", expected: pow::SOLUTION_LEN, got: solution.len() }
+        })?;
+        let client = PublicKey::parse("clientPublicKey", &client)?;
+
+        // The challenge is ours, unexpired, and solved.
+        let now = self.now();
+        let expected = self.challenge_mac(&challenge[..21]);
+        let mac_ok = aws_lc_rs::constant_time::verify_slices_are_equal(&expected, &challenge[21..]).is_ok();
+        let expires = NtpTime::from_be_bytes([challenge[16], challenge[17], challenge[18], challenge[19]]);
+        if !mac_ok || expires < now || !pow::verify(&challenge, &solution, challenge[20]) {
+            self.metrics.registration_rejected();
+            return Err(ServiceError::Rejected);
+        }
+        // Accepted once: spend the nonce until the challenge expires.
+        let spent = TokenUse {
+            jti: format!("pow:{}", hex::encode(&challenge[..16])),
+            expires_unix: expires.to_unix(),
+        };
+        if !self.storage.spend_token(spent).await? {
+            self.metrics.registration_rejected();
+            return Err(ServiceError::Rejected);
+        }
+
+        let keys = self.secrets.registration.agree(&client);
+        // ID_A drawn at random without replacement (§3.2): a taken ID is redrawn.
+        let mut id = None;
+        for _ in 0..32 {
+            let candidate = Id::new(rand::rng().random_range(0..=Id::MAX)).expect("drawn in range");
+            let wrapped = self.secrets.kek.wrap_session_keys(&keys, &candidate.to_be_bytes());
+            if self.storage.insert_user(candidate, wrapped).await? {
+                id = Some(candidate);
+                break;
+            }
+        }
+        let id = id.ok_or_else(|| ServiceError::Internal("could not draw a free ID in 32 tries".into()))?;
+
+        let epoch = self.now_epoch(now)?;
+        let ebids = self.ebid_list(id, epoch, &keys.k_enc).await?;
+        self.metrics.registered();
+        Ok(RegisterResponse {
+            epoch: epoch.number(),
+            epoch_duration_sec: self.schedule.epoch_duration_sec(),
+            service_start_ntp: self.schedule.service_start().seconds(),
+            next_epoch_start_ntp: self.schedule.next_epoch_start(epoch).map_or(u32::MAX, NtpTime::seconds),
+            ebids,
+        })
+    }
+
+    /// The EBID list an App receives at epoch `from` (§4): from `from` to the end of the block of M
+    /// epochs after the current one, so that an App polling at least every M/2 epochs never runs
+    /// out. The server keeps none of it (footnote 7).
+    async fn ebid_list(&self, id: Id, from: Epoch, k_enc: &KEnc) -> ServiceResult<String> {
+        let m = self.config.protocol.ebid_list_epochs;
+        let end = (from.number() / m + 2).saturating_mul(m).min(Epoch::MAX.number() + 1);
+        let cc = CountryCode::new(self.config.protocol.country_code);
+        let mut entries = Vec::with_capacity((end - from.number()) as usize);
+        let mut current: Option<(u32, Arc<robert_proto::EbidCipher>)> = None;
+        for n in from.number()..end {
+            let epoch = Epoch::new(n).expect("below 2^24 by construction");
+            let day = self
+                .day_of_epoch(epoch)
+                .ok_or_else(|| ServiceError::Internal("epoch past NTP era 0".into()))?;
+            let cipher = match &current {
+                Some((d, c)) if *d == day => c.clone(),
+                _ => {
+                    let c = self.day_keys.get_or_create(day, &self.storage, &self.secrets.kek).await?;
+                    current = Some((day, c.clone()));
+                    c
+                }
+            };
+            let ebid = cipher.encrypt(epoch, id);
+            let ecc = self.secrets.federation.encrypt_country(&ebid, cc);
+            entries.push(EbidEntry { epoch, ebid, ecc });
+        }
+        let sealed = sealed::seal(k_enc, &entries, &mut rand::rng())
+            .map_err(|_| ServiceError::Internal("EBID list out of order".into()))?;
+        Ok(b64_encode(&sealed))
+    }
+
+    /// §7 steps 1–6 (and Annex C: the same for every authenticated request), without early exit.
+    async fn authenticate(&self, body: &AuthRequestBody, code: RequestCode) -> ServiceResult<Authenticated> {
+        let req: AuthRequest = body.to_request()?; // step 1 (malformed → 400)
+        let now = self.now();
+        let now_epoch = self.now_epoch(now)?;
+        let mut ok = req.check_time(now, self.config.protocol.request_time_tolerance_sec).is_ok(); // step 2
+        // Steps 3–4: K_S is the one of the claimed epoch's day.
+        let cipher = self.day_of_epoch(req.epoch).and_then(|d| self.day_keys.get(d));
+        let id = match cipher.as_deref().map(|c| req.open_ebid(c)) {
+            Some(Ok(id)) => id,
+            _ => {
+                ok = false;
+                Id::new(0).expect("0 is a valid ID")
+            }
+        };
+        // Step 5, always performed.
+        let record = self.storage.load_user(id).await?;
+        let keys = record
+            .as_ref()
+            .and_then(|r| self.secrets.kek.unwrap_session_keys(&r.wrapped_keys, &id.to_be_bytes()).ok());
+        // Step 6, always performed (under a dummy key when there is no record).
+        let mac_ok = match &keys {
+            Some(k) => req.verify_mac(&AuthKey::new(&k.k_auth), code).is_ok(),
+            None => {
+                let _ = req.verify_mac(&self.dummy_auth, code);
+                false
+            }
+        };
+        match (ok && mac_ok, record, keys) {
+            (true, Some(record), Some(keys)) => {
+                Ok(Authenticated { id, record, keys, now: now_epoch, claimed_epoch: req.epoch })
+            }
+            _ => Err(ServiceError::Rejected),
+        }
+    }
+
+    /// `POST /api/v1/status` (§7).
+    pub async fn status(&self, body: &AuthRequestBody) -> ServiceResult<StatusResponse> {
+        let Authenticated { id, record, keys, now, claimed_epoch } =
+            self.authenticate(body, RequestCode::StatusRequest).await?;
+        // Steps 7–8, first from the record read (so every rejection costs the same), then again
+        // atomically in storage (so concurrent requests and replicas cannot both pass).
+        let t = self.config.protocol.esr_min_interval_epochs;
+        if record.acknowledged {
+            return Err(ServiceError::Rejected);
+        }
+        if !record.notified
+            && record.last_status_epoch.is_some_and(|sre| now.number().saturating_sub(sre.number()) < t)
+        {
+            return Err(ServiceError::Rejected);
+        }
+        let score = risk::score(
+            &record.exposures,
+            now,
+            &self.schedule,
+            self.config.protocol.ct_days,
+            &self.config.risk,
+        );
+        let mut at_risk = record.notified || score.at_risk;
+        let p = self.config.risk.notification_probability;
+        if !at_risk && p > 0.0 && rand::rng().random_bool(p) {
+            at_risk = true; // Annex A: selected at random.
+        }
+        match self.storage.status_request(id, now, t, at_risk).await? {
+            StatusOutcome::Rejected => Err(ServiceError::Rejected),
+            StatusOutcome::Answer { at_risk } => {
+                if at_risk && !record.notified {
+                    self.metrics.notified();
+                }
+                // §4: refresh the EBID list when the App's runs short: it used an EBID older than
+                // the current epoch, or the current block of M epochs is half gone.
+                let m = self.config.protocol.ebid_list_epochs;
+                let ebids = if claimed_epoch < now || now.number() % m >= m / 2 {
+                    Some(self.ebid_list(id, now, &keys.k_enc).await?)
+                } else {
+                    None
+                };
+                Ok(StatusResponse { at_risk, ebids })
+            }
+        }
+    }
+
+    /// `POST /api/v1/status/ack` (code 5).
+    pub async fn acknowledge(&self, body: &AuthRequestBody) -> ServiceResult<()> {
+        let id = self.authenticate(body, RequestCode::StatusAck).await?.id;
+        if self.storage.acknowledge(id).await? { Ok(()) } else { Err(ServiceError::Rejected) }
+    }
+
+    /// `POST /api/v1/unregister` (Annex C, code 3).
+    pub async fn unregister(&self, body: &AuthRequestBody) -> ServiceResult<()> {
+        let id = self.authenticate(body, RequestCode::Unregister).await?.id;
+        if self.storage.unregister(id).await? { Ok(()) } else { Err(ServiceError::Rejected) }
+    }
+
+    /// `POST /api/v1/delete-history` (Annex C, code 4).
+    pub async fn delete_history(&self, body: &AuthRequestBody) -> ServiceResult<()> {
+        let id = self.authenticate(body, RequestCode::DeleteHistory).await?.id;
+        if self.storage.delete_history(id).await? { Ok(()) } else { Err(ServiceError::Rejected) }
+    }
+
+    /// `POST /api/v1/status/reset` (code 6, with a `reset` token).
+    pub async fn reset_status(&self, body: &ResetRequestBody) -> ServiceResult<()> {
+        let auth = self.authenticate(&body.request, RequestCode::StatusReset).await;
+        let token = self.authorities.verify(&body.token, Purpose::Reset, self.now().to_unix());
+        let (id, token) = match (auth, token) {
+            (Ok(a), Ok(t)) => (a.id, t),
+            (Err(e @ ServiceError::BadRequest { .. }), _) => return Err(e),
+            _ => return Err(ServiceError::Rejected),
+        };
+        let spent = TokenUse { jti: format!("jwt:{}", token.jti), expires_unix: token.exp };
+        if self.storage.reset_status(id, spent).await? { Ok(()) } else { Err(ServiceError::Rejected) }
+    }
+
+    /// `POST /api/v1/report` (§6.1): checks the token, stores the pairs durably in the shared pool
+    /// (random slots: no declaration identifier, no token, no address) and returns how many.
+    pub async fn report(&self, bearer: Option<&str>, body: &ReportRequest) -> ServiceResult<u64> {
+        let now = self.now();
+        let token = bearer
+            .and_then(|t| self.authorities.verify(t, Purpose::Declare, now.to_unix()).ok())
+            .ok_or(ServiceError::Rejected)?;
+        if body.contacts.len() > self.config.reports.max_contacts {
+            return Err(ServiceError::BadRequest {
+                field: "contacts",
+                reason: format!("at most {} contacts per request", self.config.reports.max_contacts),
+            });
+        }
+        let mut entries = Vec::with_capacity(body.contacts.len());
+        for c in &body.contacts {
+            let record = c.to_record()?;
+            entries.push(PoolEntry { slot: rand::random(), record: record.encode() });
+        }
+        let n = entries.len() as u64;
+        let spent = TokenUse { jti: format!("jwt:{}", token.jti), expires_unix: token.exp };
+        if !self.storage.submit_report(spent, entries).await? {
+            return Err(ServiceError::Rejected);
+        }
+        self.metrics.pairs_accepted(n);
+        self.pending_since
+            .lock()
+            .expect("mixer lock is never poisoned: no panics inside")
+            .get_or_insert_with(Instant::now);
+        self.mixer_wakeup.notify_one();
+        Ok(n)
+    }
+
+    /// The mixer's wake-up signal (new pairs arrived).
+    pub fn mixer_wakeup(&self) -> &tokio::sync::Notify {
+        &self.mixer_wakeup
+    }
+
+    /// One mixer pass (§6.1, §6.2): if the pool holds at least `mixer_min_batch` pairs, or pairs
+    /// have waited `mixer_max_delay_sec`, or `force`, processes the whole pool in shuffled batches.
+    /// Returns the number of pairs erased.
+    pub async fn mix_once(&self, force: bool) -> ServiceResult<u64> {
+        let depth = self.storage.stats().await?.pool_depth;
+        let since = {
+            let mut p = self.pending_since.lock().expect("mixer lock is never poisoned: no panics inside");
+            if depth == 0 {
+                *p = None;
+                return Ok(0);
+            }
+            *p.get_or_insert_with(Instant::now)
+        };
+        let r = &self.config.reports;
+        if !force
+            && (depth as usize) < r.mixer_min_batch
+            && since.elapsed() < Duration::from_secs(r.mixer_max_delay_sec)
+        {
+            return Ok(0);
+        }
+        let mut erased = 0;
+        loop {
+            let batch = self.storage.pool_take(r.mixer_max_batch).await?;
+            if batch.is_empty() {
+                break;
+            }
+            let processed = self.process_batch(batch).await?;
+            let n = self.storage.pool_commit(processed).await?;
+            erased += n;
+            if n == 0 {
+                break; // another mixer holds these; let it finish
+            }
+        }
+        *self.pending_since.lock().expect("mixer lock is never poisoned: no panics inside") = None;
+        Ok(erased)
+    }
+
+    /// §6.2 steps 1–9 on a batch; step 10 is the commit that erases every slot of the batch.
+    async fn process_batch(&self, mut batch: Vec<PoolEntry>) -> ServiceResult<ProcessedBatch> {
+        batch.shuffle(&mut rand::rng());
+        let cc_s = self.config.protocol.country_code;
+        let delta = self.config.protocol.hello_delta_sec;
+        let mut out = ProcessedBatch { slots: batch.iter().map(|e| e.slot).collect(), ..Default::default() };
+        // Pairs that passed the checks needing no IDTable, with their possible (epoch, ID)s.
+        let mut candidates: Vec<Candidate> = Vec::with_capacity(batch.len());
+        let mut wanted: Vec<Id> = Vec::new();
+        for (i, entry) in batch.iter().enumerate() {
+            let Ok(rec) = UploadRecord::decode(&entry.record) else {
+                self.metrics.pair_rejected();
+                continue;
+            };
+            // Step 2: δ.
+            if rec.hello.check_delta(rec.time, delta).is_err() {
+                self.metrics.pair_rejected();
+                continue;
+            }
+            // Step 3: the country.
+            let cc = self.secrets.federation.decrypt_country(&rec.hello.ebid(), rec.hello.ecc());
+            if cc.value() != cc_s {
+                if self.config.protocol.peer_countries.contains(&cc.value()) {
+                    out.outbox.push((cc, entry.record.clone(), entry.slot));
+                    self.metrics.pair_forwarded();
+                } else {
+                    self.metrics.pair_dropped_foreign();
+                }
+                continue;
+            }
+            // Steps 4 and 6, with the adjacent-key retry of footnotes 13–16: the EBID's epoch may be
+            // that of the reception time or one either side, so try the K_S of each such day.
+            let mut found = Vec::new();
+            let Some(t_epoch) = self.schedule.epoch_at(rec.time) else {
+                self.metrics.pair_rejected();
+                continue;
+            };
+            let mut days: Vec<u32> = [t_epoch.checked_sub(1), Some(t_epoch), t_epoch.checked_add(1)]
+                .into_iter()
+                .flatten()
+                .filter_map(|e| self.day_of_epoch(e))
+                .collect();
+            days.dedup();
+            for day in days {
+                if let Some(cipher) = self.day_keys.get(day) {
+                    let (epoch, id) = cipher.decrypt(&rec.hello.ebid());
+                    if self.schedule.time_matches_epoch(rec.time, epoch)
+                        && self.day_of_epoch(epoch) == Some(day)
+                    {
+                        found.push((epoch, id));
+                        wanted.push(id);
+                    }
+                }
+            }
+            if found.is_empty() {
+                self.metrics.pair_rejected();
+                continue;
+            }
+            candidates.push((i, rec, found));
+        }
+        // Steps 5 and 7: one read for the whole batch.
+        let keys: HashMap<Id, Vec<u8>> = self.storage.load_user_keys(wanted).await?.into_iter().collect();
+        for (i, rec, found) in candidates {
+            let mut matched = false;
+            for (epoch, id) in found {
+                let Some(wrapped) = keys.get(&id) else { continue };
+                let Ok(k) = self.secrets.kek.unwrap_session_keys(wrapped, &id.to_be_bytes()) else {
+                    continue;
+                };
+                // Step 8: the MAC.
+                if rec.hello.verify(&AuthKey::new(&k.k_auth)).is_ok() {
+                    // Step 9: add i_A to LEE_A.
+                    let (rssi_sum, rssi_count) = rec.rssi.map_or((0, 0), |r| (i64::from(r), 1));
+                    out.exposures.push((
+                        id,
+                        Exposure { epoch, hellos: 1, rssi_sum, rssi_count },
+                        batch[i].slot,
+                    ));
+                    matched = true;
+                    break;
+                }
+            }
+            if matched {
+                self.metrics.pair_processed();
+            } else {
+                self.metrics.pair_rejected();
+            }
+        }
+        Ok(out)
+    }
+
+    /// Expiry, run every epoch: LEE rows older than CT days (footnote 17), used-token records past
+    /// their expiry, and day keys more than CT days old (footnote 5), in storage and in memory.
+    pub async fn expire(&self) -> ServiceResult<crate::storage::ExpiryStats> {
+        let now = self.now();
+        let epoch = self.now_epoch(now)?;
+        let horizon = self.schedule.epochs_in_days(self.config.protocol.ct_days);
+        let lee_before = epoch.checked_sub(horizon).unwrap_or(Epoch::new(0).expect("0 is valid"));
+        let today = (now.to_unix() / 86_400) as u32;
+        let keys_before = today.saturating_sub(self.config.protocol.ct_days);
+        let stats = self.storage.expire(lee_before, now.to_unix(), keys_before).await?;
+        self.day_keys.forget_before(keys_before);
+        Ok(stats)
+    }
+
+    /// Makes sure the day keys for today and tomorrow exist (so that registrations never wait
+    /// for a key to be created and persisted).
+    pub async fn prepare_day_keys(&self) -> ServiceResult<()> {
+        let today = (self.now().to_unix() / 86_400) as u32;
+        for day in [today, today + 1, today + 2] {
+            self.day_keys.get_or_create(day, &self.storage, &self.secrets.kek).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,295 @@
+//! [`MemoryStorage`]: the reference backend, plain maps behind one [`std::sync::Mutex`].
+//!
+//! What it guarantees: every method runs under the one lock, start to finish, so each call is
+//! atomic and calls are linearizable (the order in which they take the lock). It is the executable
+//! reading of the [`Storage`] contract: simple enough to be obviously right, and the backend the
+//! contract suite ([`super::contract`]) is first checked against.
+//!
+//! What it does not guarantee: durability. Nothing survives the process, so "durable when the
+//! future resolves" holds only in the sense that the state is visible to every later call. It is
+//! for tests and the simulator, never for `robert serve` with real users.
+//!
+//! If a thread panicked while holding the lock (which no code path here does), every later call
+//! fails with [`StorageError::Backend`] instead of working on a half-updated state.
+
+use super::{
+    ExpiryStats, Exposure, PoolEntry, ProcessedBatch, Result, Stats, StatusOutcome, Storage, StorageError,
+    TokenUse, UserRecord,
+};
+use robert_proto::{CountryCode, Epoch, Id};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Mutex, MutexGuard};
+
+/// One registered ID (§3.2).
+struct User {
+    wrapped_keys: Vec<u8>,
+    notified: bool,
+    acknowledged: bool,
+    last_status_epoch: Option<Epoch>,
+    /// LEE_A keyed by epoch, so it comes out in increasing epoch order.
+    exposures: BTreeMap<Epoch, Exposure>,
+}
+
+#[derive(Default)]
+struct State {
+    users: HashMap<Id, User>,
+    /// Slot → encoded upload record. A `HashMap` iterates in an order that depends on a per-process
+    /// random seed, never on insertion order.
+    pool: HashMap<[u8; 16], Vec<u8>>,
+    /// `jti` → expiry (Unix seconds).
+    used_tokens: HashMap<String, u64>,
+    server_keys: BTreeMap<u32, Vec<u8>>,
+    outbox: Vec<(CountryCode, Vec<u8>)>,
+}
+
+/// The in-memory reference backend. See the [module docs](self).
+#[derive(Default)]
+pub struct MemoryStorage {
+    state: Mutex<State>,
+}
+
+impl MemoryStorage {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, State>> {
+        self.state.lock().map_err(|_| StorageError::Backend("memory storage lock poisoned".into()))
+    }
+}
+
+impl std::fmt::Debug for MemoryStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStorage").finish_non_exhaustive()
+    }
+}
+
+fn add_exposure(into: &mut Exposure, more: &Exposure) {
+    into.hellos = into.hellos.saturating_add(more.hellos);
+    into.rssi_sum = into.rssi_sum.saturating_add(more.rssi_sum);
+    into.rssi_count = into.rssi_count.saturating_add(more.rssi_count);
+}
+
+impl Storage for MemoryStorage {
+    async fn insert_user(&self, id: Id, wrapped_keys: Vec<u8>) -> Result<bool> {
+        let mut state = self.lock()?;
+        if state.users.contains_key(&id) {
+            return Ok(false);
+        }
+        state.users.insert(
+            id,
+            User {
+                wrapped_keys,
+                notified: false,
+                acknowledged: false,
+                last_status_epoch: None,
+                exposures: BTreeMap::new(),
+            },
+        );
+        Ok(true)
+    }
+
+    async fn spend_token(&self, token: TokenUse) -> Result<bool> {
+        let mut state = self.lock()?;
+        if state.used_tokens.contains_key(&token.jti) {
+            return Ok(false);
+        }
+        state.used_tokens.insert(token.jti, token.expires_unix);
+        Ok(true)
+    }
+
+    async fn load_user(&self, id: Id) -> Result<Option<UserRecord>> {
+        let state = self.lock()?;
+        Ok(state.users.get(&id).map(|user| UserRecord {
+            wrapped_keys: user.wrapped_keys.clone(),
+            notified: user.notified,
+            acknowledged: user.acknowledged,
+            last_status_epoch: user.last_status_epoch,
+            exposures: user.exposures.values().copied().collect(),
+        }))
+    }
+
+    async fn load_user_keys(&self, ids: Vec<Id>) -> Result<Vec<(Id, Vec<u8>)>> {
+        let state = self.lock()?;
+        let mut seen = HashSet::with_capacity(ids.len());
+        Ok(ids
+            .into_iter()
+            .filter(|id| seen.insert(*id))
+            .filter_map(|id| {
+                let user = state.users.get(&id)?;
+                Some((id, user.wrapped_keys.clone()))
+            })
+            .collect())
+    }
+
+    async fn status_request(
+        &self,
+        id: Id,
+        now: Epoch,
+        min_interval: u32,
+        at_risk: bool,
+    ) -> Result<StatusOutcome> {
+        let mut state = self.lock()?;
+        let Some(user) = state.users.get_mut(&id) else {
+            return Ok(StatusOutcome::Rejected);
+        };
+        if user.acknowledged {
+            return Ok(StatusOutcome::Rejected);
+        }
+        if user.notified {
+            user.last_status_epoch = Some(now);
+            return Ok(StatusOutcome::Answer { at_risk: true });
+        }
+        if let Some(last) = user.last_status_epoch {
+            // Signed: a `now` before SRE_A (clock skew between replicas) is "too early" too.
+            let elapsed = i64::from(now.number()) - i64::from(last.number());
+            if elapsed < i64::from(min_interval) {
+                return Ok(StatusOutcome::Rejected);
+            }
+        }
+        user.last_status_epoch = Some(now);
+        user.notified = at_risk;
+        Ok(StatusOutcome::Answer { at_risk })
+    }
+
+    async fn acknowledge(&self, id: Id) -> Result<bool> {
+        let mut state = self.lock()?;
+        match state.users.get_mut(&id) {
+            Some(user) if user.notified => {
+                user.acknowledged = true;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn reset_status(&self, id: Id, token: TokenUse) -> Result<bool> {
+        let mut state = self.lock()?;
+        let State { users, used_tokens, .. } = &mut *state;
+        let Some(user) = users.get_mut(&id) else {
+            return Ok(false);
+        };
+        if used_tokens.contains_key(&token.jti) {
+            return Ok(false);
+        }
+        used_tokens.insert(token.jti, token.expires_unix);
+        user.notified = false;
+        user.acknowledged = false;
+        user.exposures.clear();
+        Ok(true)
+    }
+
+    async fn unregister(&self, id: Id) -> Result<bool> {
+        Ok(self.lock()?.users.remove(&id).is_some())
+    }
+
+    async fn delete_history(&self, id: Id) -> Result<bool> {
+        let mut state = self.lock()?;
+        let Some(user) = state.users.get_mut(&id) else {
+            return Ok(false);
+        };
+        user.exposures.clear();
+        user.notified = false;
+        user.acknowledged = false;
+        Ok(true)
+    }
+
+    async fn submit_report(&self, token: TokenUse, entries: Vec<PoolEntry>) -> Result<bool> {
+        let mut state = self.lock()?;
+        if state.used_tokens.contains_key(&token.jti) {
+            return Ok(false);
+        }
+        // All or nothing: check every slot is free before changing anything. Slots are 128 random
+        // bits, so a collision means a bug in the caller, reported as the SQL backend would.
+        let mut fresh = HashSet::with_capacity(entries.len());
+        for entry in &entries {
+            if state.pool.contains_key(&entry.slot) || !fresh.insert(entry.slot) {
+                return Err(StorageError::Backend("pool slot already taken".into()));
+            }
+        }
+        state.used_tokens.insert(token.jti, token.expires_unix);
+        for entry in entries {
+            state.pool.insert(entry.slot, entry.record);
+        }
+        Ok(true)
+    }
+
+    async fn pool_take(&self, max: usize) -> Result<Vec<PoolEntry>> {
+        let state = self.lock()?;
+        Ok(state
+            .pool
+            .iter()
+            .take(max)
+            .map(|(slot, record)| PoolEntry { slot: *slot, record: record.clone() })
+            .collect())
+    }
+
+    async fn pool_commit(&self, batch: ProcessedBatch) -> Result<u64> {
+        let mut state = self.lock()?;
+        let mut erased = HashSet::new();
+        for slot in &batch.slots {
+            if state.pool.remove(slot).is_some() {
+                erased.insert(*slot);
+            }
+        }
+        for (id, exposure, slot) in &batch.exposures {
+            if !erased.contains(slot) {
+                continue;
+            }
+            if let Some(user) = state.users.get_mut(id) {
+                user.exposures
+                    .entry(exposure.epoch)
+                    .and_modify(|e| add_exposure(e, exposure))
+                    .or_insert(*exposure);
+            }
+        }
+        for (cc, record, slot) in batch.outbox {
+            if erased.contains(&slot) {
+                state.outbox.push((cc, record));
+            }
+        }
+        Ok(erased.len() as u64)
+    }
+
+    async fn expire(
+        &self,
+        lee_before: Epoch,
+        tokens_before_unix: u64,
+        keys_before_day: u32,
+    ) -> Result<ExpiryStats> {
+        let mut state = self.lock()?;
+        let mut stats = ExpiryStats::default();
+        for user in state.users.values_mut() {
+            let before = user.exposures.len();
+            user.exposures.retain(|epoch, _| *epoch >= lee_before);
+            stats.exposures += (before - user.exposures.len()) as u64;
+        }
+        let before = state.used_tokens.len();
+        state.used_tokens.retain(|_, expires| *expires >= tokens_before_unix);
+        stats.tokens = (before - state.used_tokens.len()) as u64;
+        let before = state.server_keys.len();
+        state.server_keys.retain(|day, _| *day >= keys_before_day);
+        stats.server_keys = (before - state.server_keys.len()) as u64;
+        Ok(stats)
+    }
+
+    async fn put_server_key(&self, day: u32, wrapped: Vec<u8>) -> Result<Vec<u8>> {
+        let mut state = self.lock()?;
+        Ok(state.server_keys.entry(day).or_insert(wrapped).clone())
+    }
+
+    async fn server_keys(&self) -> Result<Vec<(u32, Vec<u8>)>> {
+        let state = self.lock()?;
+        Ok(state.server_keys.iter().map(|(day, wrapped)| (*day, wrapped.clone())).collect())
+    }
+
+    async fn stats(&self) -> Result<Stats> {
+        let state = self.lock()?;
+        Ok(Stats {
+            users: state.users.len() as u64,
+            pool_depth: state.pool.len() as u64,
+            outbox_depth: state.outbox.len() as u64,
+        })
+    }
+}

@@ -1,0 +1,937 @@
+//! [`SqliteStorage`]: the embedded default backend, one SQLite file in WAL mode.
+//!
+//! What it guarantees:
+//! - **Atomic, serialized writes.** Every write method is a command sent to one dedicated OS thread
+//!   that owns the only write connection. Commands run one after the other, each inside its own
+//!   `SAVEPOINT`, so each is atomic, and two commands never interleave (which is what makes
+//!   [`Storage::status_request`]'s check-and-set safe: within one process there is no race to lose).
+//! - **Durable before answered, with group commit.** The thread drains every pending command (up to
+//!   [`MAX_GROUP`]), runs them in *one* transaction and commits once, then answers each caller. With
+//!   `fsync = true` (`PRAGMA synchronous = FULL`) the commit reaches the disk before any caller is
+//!   answered, and concurrent callers share that one fsync. With `fsync = false`
+//!   (`synchronous = NORMAL`) a commit survives a crash of the process but not a power loss.
+//!   A command that fails rolls back alone (its savepoint) and gets its own error; if the commit
+//!   itself fails, every command of the group gets an error, and none of them happened.
+//! - **Concurrent reads.** [`Storage::load_user`], [`Storage::load_user_keys`],
+//!   [`Storage::pool_take`], [`Storage::server_keys`] and [`Storage::stats`] run on a small pool
+//!   of read-only connections (WAL lets them read while the writer writes) on tokio's blocking
+//!   threads, and see every write already answered.
+//! - **Versioned schema.** `PRAGMA user_version` holds the schema version; [`SqliteStorage::open`]
+//!   applies the missing migrations and refuses ([`StorageError::UnknownSchema`]) a database written
+//!   by a newer binary.
+//! - **Erased means erased.** The write connection runs with `secure_delete = ON` (deleted rows are
+//!   overwritten with zeros in their page), and after the mixer erased pool entries the writer
+//!   checkpoints and truncates the WAL, so the uploaded pairs (§6.2 step 10) and unregistered
+//!   users' keys do not linger in the file or in old WAL frames.
+//! - **Clean shutdown.** Dropping the storage lets the writer finish every command already sent,
+//!   then joins it; a call made after the writer is gone gets [`StorageError::Closed`].
+//!
+//! Within one process only: two processes writing the same file are serialized by SQLite's lock
+//! (the busy timeout), not by this thread; run one `robert serve` per SQLite file, PostgreSQL for
+//! several replicas.
+//!
+//! Error messages carry SQLite's own text (table and constraint names), never a bound value, so
+//! never an ID or key bytes.
+
+use super::{
+    ExpiryStats, Exposure, PoolEntry, ProcessedBatch, Result, Stats, StatusOutcome, Storage, StorageError,
+    TokenUse, UserRecord,
+};
+use robert_proto::{Epoch, Id};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// Most commands run in one transaction: bounds the latency a group adds to its first command.
+pub const MAX_GROUP: usize = 4096;
+
+/// Read-only connections kept open between reads (more are opened under load, then closed).
+const MAX_IDLE_READERS: usize = 4;
+
+/// How long a connection waits for a lock held by another process before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long the WAL scrub waits for readers on an older snapshot before trying again later.
+const SCRUB_BUSY_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// When idle with a scrub still to do, how often the writer retries it.
+const SCRUB_RETRY: Duration = Duration::from_millis(100);
+
+/// Schema migrations: `MIGRATIONS[n]` takes `user_version` from `n` to `n + 1`. Append only; never
+/// edit a migration that shipped.
+const MIGRATIONS: &[&str] = &[
+    // 1: initial schema. IDs are 40-bit integers (the rowid itself); epochs and days integers.
+    "CREATE TABLE users (
+         id INTEGER PRIMARY KEY,
+         keys BLOB NOT NULL,
+         notified INTEGER NOT NULL DEFAULT 0,
+         acknowledged INTEGER NOT NULL DEFAULT 0,
+         sre INTEGER
+     );
+     CREATE TABLE exposures (
+         id INTEGER NOT NULL,
+         epoch INTEGER NOT NULL,
+         hellos INTEGER NOT NULL,
+         rssi_sum INTEGER NOT NULL,
+         rssi_count INTEGER NOT NULL,
+         PRIMARY KEY (id, epoch)
+     ) WITHOUT ROWID;
+     CREATE INDEX exposures_by_epoch ON exposures (epoch);
+     CREATE TABLE pool (
+         slot BLOB PRIMARY KEY,
+         record BLOB NOT NULL
+     ) WITHOUT ROWID;
+     CREATE TABLE used_tokens (
+         jti TEXT PRIMARY KEY,
+         expires INTEGER NOT NULL
+     ) WITHOUT ROWID;
+     CREATE TABLE server_keys (
+         day INTEGER PRIMARY KEY,
+         wrapped BLOB NOT NULL
+     );
+     CREATE TABLE outbox (
+         seq INTEGER PRIMARY KEY,
+         cc INTEGER NOT NULL,
+         record BLOB NOT NULL
+     );",
+];
+
+/// The schema version this binary writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Maps a rusqlite error to [`StorageError::Backend`] without any bound value: SQLite's own message
+/// names tables and constraints only; rusqlite's conversion errors, which can quote a value, are
+/// reduced to their kind.
+fn backend(op: &'static str, e: rusqlite::Error) -> StorageError {
+    let detail = match &e {
+        rusqlite::Error::SqliteFailure(code, msg) => {
+            format!("{:?} ({}): {}", code.code, code.extended_code, msg.as_deref().unwrap_or(""))
+        }
+        rusqlite::Error::SqlInputError { error, msg, .. } => format!("{:?}: {msg}", error.code),
+        rusqlite::Error::QueryReturnedNoRows => "no rows".to_owned(),
+        rusqlite::Error::IntegralValueOutOfRange(column, _) => {
+            format!("integer out of range in column {column}")
+        }
+        rusqlite::Error::InvalidColumnType(column, _, ty) => {
+            format!("unexpected {ty} in column {column}")
+        }
+        rusqlite::Error::FromSqlConversionFailure(column, ty, _) => {
+            format!("cannot convert {ty} in column {column}")
+        }
+        _ => "driver error".to_owned(),
+    };
+    StorageError::Backend(format!("{op}: {detail}"))
+}
+
+/// A second copy of an error, for the commands of a group that all fail for one reason.
+fn same_error(e: &StorageError) -> StorageError {
+    match e {
+        StorageError::Backend(m) => StorageError::Backend(m.clone()),
+        StorageError::UnknownSchema { found, known } => {
+            StorageError::UnknownSchema { found: *found, known: *known }
+        }
+        StorageError::Closed => StorageError::Closed,
+    }
+}
+
+fn id_sql(id: Id) -> i64 {
+    // 40 bits: always fits.
+    id.value() as i64
+}
+
+fn unix_sql(t: u64) -> i64 {
+    i64::try_from(t).unwrap_or(i64::MAX)
+}
+
+fn epoch_from_sql(v: i64) -> Result<Epoch> {
+    u32::try_from(v)
+        .ok()
+        .and_then(Epoch::new)
+        .ok_or_else(|| StorageError::Backend("stored epoch out of range".into()))
+}
+
+fn count_from_sql(v: i64) -> u32 {
+    // Counts only grow by addition of u32s; saturate like the reference backend.
+    u32::try_from(v.max(0)).unwrap_or(u32::MAX)
+}
+
+fn slot_from_sql(v: Vec<u8>) -> Result<[u8; 16]> {
+    <[u8; 16]>::try_from(v).map_err(|_| StorageError::Backend("stored pool slot malformed".into()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The writer thread.
+
+/// A write command, type-erased so that commands of every method share one channel.
+trait Job: Send {
+    /// Runs the command on the write connection (inside its savepoint). Returns whether it
+    /// succeeded (so the savepoint is released, not rolled back), and what to answer once the
+    /// group's commit is known.
+    fn run(self: Box<Self>, conn: &Connection) -> (bool, Box<dyn Reply>);
+    /// Answers the caller with an error without running the command.
+    fn abort(self: Box<Self>, error: StorageError);
+    /// Whether a successful run erased uploaded pairs, so the WAL must be scrubbed.
+    fn scrubs(&self) -> bool;
+}
+
+/// The answer of a command that ran, sent once the commit succeeded or failed.
+trait Reply: Send {
+    fn send(self: Box<Self>, commit: std::result::Result<(), &StorageError>);
+}
+
+struct Command<T, F> {
+    op: &'static str,
+    scrub: bool,
+    work: F,
+    reply: oneshot::Sender<Result<T>>,
+}
+
+struct Ready<T> {
+    result: Result<T>,
+    reply: oneshot::Sender<Result<T>>,
+}
+
+impl<T, F> Job for Command<T, F>
+where
+    T: Send + 'static,
+    F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+{
+    fn run(self: Box<Self>, conn: &Connection) -> (bool, Box<dyn Reply>) {
+        let Command { op, work, reply, .. } = *self;
+        let result = work(conn).map_err(|e| backend(op, e));
+        (result.is_ok(), Box::new(Ready { result, reply }))
+    }
+
+    fn abort(self: Box<Self>, error: StorageError) {
+        // The caller may have gone away (its future dropped): nobody left to tell.
+        let _ = self.reply.send(Err(error));
+    }
+
+    fn scrubs(&self) -> bool {
+        self.scrub
+    }
+}
+
+impl<T: Send + 'static> Reply for Ready<T> {
+    fn send(self: Box<Self>, commit: std::result::Result<(), &StorageError>) {
+        let answer = match (self.result, commit) {
+            (Ok(value), Ok(())) => Ok(value),
+            (Ok(_), Err(e)) => Err(same_error(e)),
+            (Err(e), _) => Err(e),
+        };
+        // As in `abort`: a caller that stopped waiting is not an error here.
+        let _ = self.reply.send(answer);
+    }
+}
+
+struct Writer {
+    conn: Connection,
+    commits: Arc<AtomicU64>,
+    /// Pool entries were erased since the WAL was last truncated.
+    scrub_pending: bool,
+}
+
+impl Writer {
+    fn run(mut self, commands: mpsc::Receiver<Box<dyn Job>>) {
+        loop {
+            let first = if self.scrub_pending {
+                match commands.recv_timeout(SCRUB_RETRY) {
+                    Ok(job) => job,
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.scrub();
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                match commands.recv() {
+                    Ok(job) => job,
+                    Err(_) => break,
+                }
+            };
+            let mut group = Vec::with_capacity(64);
+            group.push(first);
+            while group.len() < MAX_GROUP {
+                match commands.try_recv() {
+                    Ok(job) => group.push(job),
+                    Err(_) => break,
+                }
+            }
+            self.run_group(group);
+            if self.scrub_pending {
+                self.scrub();
+            }
+        }
+        // Every sender is gone and every command answered. One last try at leaving no erased
+        // pair in the WAL; closing the connection then checkpoints what is left.
+        if self.scrub_pending {
+            self.scrub();
+        }
+    }
+
+    fn begin(&self) -> Result<()> {
+        self.conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| backend("begin", e))
+    }
+
+    /// Runs `group` in one transaction, one savepoint per command, commits once, answers everyone.
+    fn run_group(&mut self, group: Vec<Box<dyn Job>>) {
+        let mut ran: Vec<Box<dyn Reply>> = Vec::with_capacity(group.len());
+        let mut scrub = false;
+        let mut jobs = group.into_iter();
+        if let Err(e) = self.begin() {
+            for job in jobs {
+                job.abort(same_error(&e));
+            }
+            return;
+        }
+        while let Some(job) = jobs.next() {
+            if let Err(e) = self.conn.execute_batch("SAVEPOINT cmd") {
+                let e = backend("savepoint", e);
+                if self.conn.is_autocommit() {
+                    // The transaction is gone: fail what it held, try a fresh one for the rest.
+                    self.fail_all(&mut ran, &e);
+                    job.abort(e);
+                    if let Err(e) = self.begin() {
+                        for job in jobs {
+                            job.abort(same_error(&e));
+                        }
+                        return;
+                    }
+                } else {
+                    job.abort(e);
+                }
+                continue;
+            }
+            let job_scrubs = job.scrubs();
+            let (ok, reply) = job.run(&self.conn);
+            let end = if ok { "RELEASE cmd" } else { "ROLLBACK TO cmd; RELEASE cmd" };
+            match self.conn.execute_batch(end) {
+                Ok(()) => {
+                    scrub |= ok && job_scrubs;
+                    ran.push(reply);
+                }
+                Err(e) => {
+                    // SQLite aborted the whole transaction (I/O error, disk full, …): nothing this
+                    // group did so far is there any more.
+                    let e = backend("savepoint end", e);
+                    ran.push(reply);
+                    self.fail_all(&mut ran, &e);
+                    scrub = false;
+                    if self.conn.is_autocommit() || self.conn.execute_batch("ROLLBACK").is_ok() {
+                        if let Err(e) = self.begin() {
+                            for job in jobs {
+                                job.abort(same_error(&e));
+                            }
+                            return;
+                        }
+                    } else {
+                        for job in jobs {
+                            job.abort(same_error(&e));
+                        }
+                        return;
+                    }
+                }
+            }
+        }
+        match self.conn.execute_batch("COMMIT") {
+            Ok(()) => {
+                self.commits.fetch_add(1, Ordering::Relaxed);
+                self.scrub_pending |= scrub;
+                for reply in ran {
+                    reply.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                let e = backend("commit", e);
+                if !self.conn.is_autocommit() {
+                    // Best effort: if even the rollback fails, the next BEGIN reports it.
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                }
+                self.fail_all(&mut ran, &e);
+            }
+        }
+    }
+
+    fn fail_all(&self, ran: &mut Vec<Box<dyn Reply>>, e: &StorageError) {
+        for reply in ran.drain(..) {
+            reply.send(Err(e));
+        }
+    }
+
+    /// Checkpoints the WAL into the database file and truncates it to zero bytes, so frames that
+    /// held erased pool entries are gone. Retried later if a reader still uses an older snapshot.
+    fn scrub(&mut self) {
+        let done = self
+            .conn
+            .busy_timeout(SCRUB_BUSY_TIMEOUT)
+            .and_then(|()| {
+                self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get::<_, i64>(0))
+            })
+            .map(|busy| busy == 0);
+        if let Err(e) = self.conn.busy_timeout(BUSY_TIMEOUT) {
+            tracing::warn!(error = %backend("busy timeout", e), "sqlite writer");
+        }
+        match done {
+            Ok(true) => self.scrub_pending = false,
+            Ok(false) => tracing::debug!("sqlite WAL scrub deferred: readers busy"),
+            Err(e) => tracing::warn!(error = %backend("wal scrub", e), "sqlite writer"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The readers.
+
+struct Readers {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl Readers {
+    fn open(&self) -> Result<Connection> {
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| backend("open reader", e))?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| backend("open reader", e))?;
+        conn.set_prepared_statement_cache_capacity(32);
+        Ok(conn)
+    }
+
+    fn take(&self) -> Result<Connection> {
+        let idle =
+            self.idle.lock().map_err(|_| StorageError::Backend("reader pool lock poisoned".into()))?.pop();
+        match idle {
+            Some(conn) => Ok(conn),
+            None => self.open(),
+        }
+    }
+
+    fn give_back(&self, conn: Connection) {
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < MAX_IDLE_READERS
+        {
+            idle.push(conn);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The storage.
+
+/// The SQLite backend. See the [module docs](self).
+pub struct SqliteStorage {
+    /// `None` only while dropping.
+    commands: Option<mpsc::Sender<Box<dyn Job>>>,
+    writer: Option<JoinHandle<()>>,
+    readers: Arc<Readers>,
+    commits: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for SqliteStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStorage").field("commits", &self.commit_count()).finish_non_exhaustive()
+    }
+}
+
+impl SqliteStorage {
+    /// Opens (creating if needed) the database at `path`, applies pending migrations and starts
+    /// the writer thread. `fsync` selects `synchronous = FULL` (a commit is on disk before it is
+    /// acknowledged) or `NORMAL` (survives a process crash, not a power loss).
+    ///
+    /// Fails with [`StorageError::UnknownSchema`] if the file was written by a newer binary, and
+    /// leaves such a file untouched.
+    pub fn open(path: &Path, fsync: bool) -> Result<Self> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| backend("open", e))?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| backend("open", e))?;
+        // Before changing anything: is this a schema we know?
+        check_version(&conn)?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+            .map_err(|e| backend("journal mode", e))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StorageError::Backend(format!("journal mode: WAL refused ({mode})")));
+        }
+        conn.pragma_update(None, "synchronous", if fsync { "FULL" } else { "NORMAL" })
+            .map_err(|e| backend("synchronous", e))?;
+        conn.pragma_update(None, "secure_delete", "ON").map_err(|e| backend("secure_delete", e))?;
+        conn.set_prepared_statement_cache_capacity(64);
+        migrate(&conn)?;
+
+        let commits = Arc::new(AtomicU64::new(0));
+        let (commands, receiver) = mpsc::channel::<Box<dyn Job>>();
+        let writer = Writer { conn, commits: Arc::clone(&commits), scrub_pending: false };
+        let writer = std::thread::Builder::new()
+            .name("robert-sqlite-writer".into())
+            .spawn(move || writer.run(receiver))
+            .map_err(|e| StorageError::Backend(format!("spawn writer thread: {e}")))?;
+        Ok(Self {
+            commands: Some(commands),
+            writer: Some(writer),
+            readers: Arc::new(Readers { path: path.to_path_buf(), idle: Mutex::new(Vec::new()) }),
+            commits,
+        })
+    }
+
+    /// How many transactions the writer has committed (each is one fsync with `fsync = true`).
+    /// With group commit, fewer than the write calls made when they came concurrently.
+    pub fn commit_count(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+
+    /// Sends a write command to the writer thread and waits for its durable answer.
+    async fn write<T, F>(&self, op: &'static str, scrub: bool, work: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let command: Box<dyn Job> = Box::new(Command { op, scrub, work, reply });
+        self.commands
+            .as_ref()
+            .ok_or(StorageError::Closed)?
+            .send(command)
+            .map_err(|_| StorageError::Closed)?;
+        // The writer answers every command it received, even while shutting down; if it died
+        // (it panicked), the reply sender was dropped.
+        answer.await.map_err(|_| StorageError::Closed)?
+    }
+
+    /// Runs a read on a pooled read-only connection, on a blocking thread.
+    async fn read<T, F>(&self, op: &'static str, work: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let readers = Arc::clone(&self.readers);
+        tokio::task::spawn_blocking(move || {
+            let mut conn = readers.take()?;
+            let result = work(&mut conn).map_err(|e| backend(op, e));
+            if result.is_ok() {
+                readers.give_back(conn);
+            }
+            result
+        })
+        .await
+        .map_err(|_| StorageError::Backend(format!("{op}: reader task failed")))?
+    }
+}
+
+impl Drop for SqliteStorage {
+    fn drop(&mut self) {
+        // Readers first, so that the writer's close can checkpoint the WAL away.
+        if let Ok(mut idle) = self.readers.idle.lock() {
+            idle.clear();
+        }
+        // Closing the channel lets the writer drain what was sent, then exit.
+        self.commands = None;
+        if let Some(writer) = self.writer.take()
+            && writer.join().is_err()
+        {
+            tracing::error!("sqlite writer thread panicked");
+        }
+    }
+}
+
+fn user_version(conn: &Connection) -> Result<i64> {
+    conn.query_row("PRAGMA user_version", [], |row| row.get(0)).map_err(|e| backend("schema version", e))
+}
+
+fn check_version(conn: &Connection) -> Result<i64> {
+    let found = user_version(conn)?;
+    if !(0..=SCHEMA_VERSION).contains(&found) {
+        return Err(StorageError::UnknownSchema { found, known: SCHEMA_VERSION });
+    }
+    Ok(found)
+}
+
+/// Applies every migration the database lacks, each in its own transaction with its version bump.
+fn migrate(conn: &Connection) -> Result<()> {
+    loop {
+        conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| backend("migrate", e))?;
+        // Re-read under the write lock: another process may have migrated meanwhile.
+        let version = match check_version(conn) {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                return Err(e);
+            }
+        };
+        let Some(step) = usize::try_from(version).ok().and_then(|v| MIGRATIONS.get(v)) else {
+            return conn.execute_batch("COMMIT").map_err(|e| backend("migrate", e));
+        };
+        let applied = conn
+            .execute_batch(step)
+            .and_then(|()| conn.pragma_update(None, "user_version", version + 1))
+            .and_then(|()| conn.execute_batch("COMMIT"));
+        if let Err(e) = applied {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(backend("migrate", e));
+        }
+        tracing::info!(version = version + 1, "sqlite schema migrated");
+    }
+}
+
+fn read_user(conn: &mut Connection, id: Id) -> rusqlite::Result<Option<RawUser>> {
+    // One read transaction, so the row and its LEE_A come from the same snapshot.
+    let tx = conn.transaction()?;
+    let user = {
+        let mut stmt =
+            tx.prepare_cached("SELECT keys, notified, acknowledged, sre FROM users WHERE id = ?1")?;
+        stmt.query_row([id_sql(id)], |row| {
+            Ok(RawUser {
+                keys: row.get(0)?,
+                notified: row.get(1)?,
+                acknowledged: row.get(2)?,
+                sre: row.get(3)?,
+                exposures: Vec::new(),
+            })
+        })
+        .optional()?
+    };
+    let Some(mut user) = user else {
+        return Ok(None);
+    };
+    {
+        let mut stmt = tx.prepare_cached(
+            "SELECT epoch, hellos, rssi_sum, rssi_count FROM exposures
+             WHERE id = ?1 ORDER BY epoch",
+        )?;
+        let rows =
+            stmt.query_map([id_sql(id)], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)))?;
+        for row in rows {
+            user.exposures.push(row?);
+        }
+    }
+    tx.commit()?;
+    Ok(Some(user))
+}
+
+/// A `users` row and its exposures as stored, converted to protocol types outside SQLite.
+struct RawUser {
+    keys: Vec<u8>,
+    notified: bool,
+    acknowledged: bool,
+    sre: Option<i64>,
+    exposures: Vec<(i64, i64, i64, i64)>,
+}
+
+impl RawUser {
+    fn into_record(self) -> Result<UserRecord> {
+        let exposures = self
+            .exposures
+            .into_iter()
+            .map(|(epoch, hellos, rssi_sum, rssi_count)| {
+                Ok(Exposure {
+                    epoch: epoch_from_sql(epoch)?,
+                    hellos: count_from_sql(hellos),
+                    rssi_sum,
+                    rssi_count: count_from_sql(rssi_count),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(UserRecord {
+            wrapped_keys: self.keys,
+            notified: self.notified,
+            acknowledged: self.acknowledged,
+            last_status_epoch: self.sre.map(epoch_from_sql).transpose()?,
+            exposures,
+        })
+    }
+}
+
+/// Remembers `token` unless its `jti` is already known; `false` if it was.
+fn spend_token(conn: &Connection, token: &TokenUse) -> rusqlite::Result<bool> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO used_tokens (jti, expires) VALUES (?1, ?2) ON CONFLICT (jti) DO NOTHING",
+    )?;
+    Ok(stmt.execute(params![token.jti, unix_sql(token.expires_unix)])? == 1)
+}
+
+/// What `status_request` decided, before the conversion to [`StatusOutcome`].
+enum Decision {
+    Reject,
+    Answer { at_risk: bool },
+}
+
+impl Storage for SqliteStorage {
+    async fn insert_user(&self, id: Id, wrapped_keys: Vec<u8>) -> Result<bool> {
+        self.write("insert user", false, move |conn| {
+            let mut stmt = conn
+                .prepare_cached("INSERT INTO users (id, keys) VALUES (?1, ?2) ON CONFLICT (id) DO NOTHING")?;
+            Ok(stmt.execute(params![id_sql(id), wrapped_keys])? == 1)
+        })
+        .await
+    }
+
+    async fn spend_token(&self, token: TokenUse) -> Result<bool> {
+        self.write("spend token", false, move |conn| spend_token(conn, &token)).await
+    }
+
+    async fn load_user(&self, id: Id) -> Result<Option<UserRecord>> {
+        self.read("load user", move |conn| read_user(conn, id)).await?.map(RawUser::into_record).transpose()
+    }
+
+    async fn load_user_keys(&self, ids: Vec<Id>) -> Result<Vec<(Id, Vec<u8>)>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.read("load user keys", move |conn| {
+            // One snapshot for the whole batch; one indexed lookup per distinct ID.
+            let tx = conn.transaction()?;
+            let mut found = Vec::with_capacity(ids.len());
+            {
+                let mut stmt = tx.prepare_cached("SELECT keys FROM users WHERE id = ?1")?;
+                let mut seen = HashSet::with_capacity(ids.len());
+                for id in ids {
+                    if !seen.insert(id) {
+                        continue;
+                    }
+                    if let Some(keys) =
+                        stmt.query_row([id_sql(id)], |row| row.get::<_, Vec<u8>>(0)).optional()?
+                    {
+                        found.push((id, keys));
+                    }
+                }
+            }
+            tx.commit()?;
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn status_request(
+        &self,
+        id: Id,
+        now: Epoch,
+        min_interval: u32,
+        at_risk: bool,
+    ) -> Result<StatusOutcome> {
+        let decision = self
+            .write("status request", false, move |conn| {
+                let row: Option<(bool, bool, Option<i64>)> = conn
+                    .prepare_cached("SELECT notified, acknowledged, sre FROM users WHERE id = ?1")?
+                    .query_row([id_sql(id)], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+                    .optional()?;
+                let Some((notified, acknowledged, sre)) = row else {
+                    return Ok(Decision::Reject);
+                };
+                if acknowledged {
+                    return Ok(Decision::Reject);
+                }
+                let now_sql = i64::from(now.number());
+                let answer = if notified {
+                    true
+                } else {
+                    // Signed: a `now` before SRE_A (clock skew) is "too early" too.
+                    if sre.is_some_and(|last| now_sql - last < i64::from(min_interval)) {
+                        return Ok(Decision::Reject);
+                    }
+                    at_risk
+                };
+                conn.prepare_cached("UPDATE users SET sre = ?2, notified = ?3 WHERE id = ?1")?
+                    .execute(params![id_sql(id), now_sql, answer])?;
+                Ok(Decision::Answer { at_risk: answer })
+            })
+            .await?;
+        Ok(match decision {
+            Decision::Reject => StatusOutcome::Rejected,
+            Decision::Answer { at_risk } => StatusOutcome::Answer { at_risk },
+        })
+    }
+
+    async fn acknowledge(&self, id: Id) -> Result<bool> {
+        self.write("acknowledge", false, move |conn| {
+            let mut stmt =
+                conn.prepare_cached("UPDATE users SET acknowledged = 1 WHERE id = ?1 AND notified = 1")?;
+            Ok(stmt.execute([id_sql(id)])? == 1)
+        })
+        .await
+    }
+
+    async fn reset_status(&self, id: Id, token: TokenUse) -> Result<bool> {
+        self.write("reset status", false, move |conn| {
+            let known = conn.prepare_cached("SELECT 1 FROM users WHERE id = ?1")?.exists([id_sql(id)])?;
+            if !known || !spend_token(conn, &token)? {
+                return Ok(false);
+            }
+            conn.prepare_cached("UPDATE users SET notified = 0, acknowledged = 0 WHERE id = ?1")?
+                .execute([id_sql(id)])?;
+            conn.prepare_cached("DELETE FROM exposures WHERE id = ?1")?.execute([id_sql(id)])?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn unregister(&self, id: Id) -> Result<bool> {
+        self.write("unregister", false, move |conn| {
+            let removed = conn.prepare_cached("DELETE FROM users WHERE id = ?1")?.execute([id_sql(id)])?;
+            conn.prepare_cached("DELETE FROM exposures WHERE id = ?1")?.execute([id_sql(id)])?;
+            Ok(removed == 1)
+        })
+        .await
+    }
+
+    async fn delete_history(&self, id: Id) -> Result<bool> {
+        self.write("delete history", false, move |conn| {
+            let found = conn
+                .prepare_cached("UPDATE users SET notified = 0, acknowledged = 0 WHERE id = ?1")?
+                .execute([id_sql(id)])?;
+            if found == 0 {
+                return Ok(false);
+            }
+            conn.prepare_cached("DELETE FROM exposures WHERE id = ?1")?.execute([id_sql(id)])?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn submit_report(&self, token: TokenUse, entries: Vec<PoolEntry>) -> Result<bool> {
+        self.write("submit report", false, move |conn| {
+            if !spend_token(conn, &token)? {
+                return Ok(false);
+            }
+            let mut stmt = conn.prepare_cached("INSERT INTO pool (slot, record) VALUES (?1, ?2)")?;
+            for entry in &entries {
+                stmt.execute(params![&entry.slot[..], entry.record])?;
+            }
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn pool_take(&self, max: usize) -> Result<Vec<PoolEntry>> {
+        let limit = i64::try_from(max).unwrap_or(i64::MAX);
+        let rows = self
+            .read("pool take", move |conn| {
+                // Slot order is the order of random keys: no meaning.
+                let mut stmt = conn.prepare_cached("SELECT slot, record FROM pool LIMIT ?1")?;
+                let rows = stmt
+                    .query_map([limit], |row| Ok((row.get::<_, Vec<u8>>(0)?, row.get::<_, Vec<u8>>(1)?)))?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await?;
+        rows.into_iter().map(|(slot, record)| Ok(PoolEntry { slot: slot_from_sql(slot)?, record })).collect()
+    }
+
+    async fn pool_commit(&self, batch: ProcessedBatch) -> Result<u64> {
+        self.write("pool commit", true, move |conn| {
+            let mut erased = HashSet::with_capacity(batch.slots.len());
+            {
+                let mut delete = conn.prepare_cached("DELETE FROM pool WHERE slot = ?1")?;
+                for slot in &batch.slots {
+                    if delete.execute([&slot[..]])? == 1 {
+                        erased.insert(*slot);
+                    }
+                }
+            }
+            {
+                // Dropped when the ID is not registered (the WHERE), summed per (id, epoch).
+                let mut add = conn.prepare_cached(
+                    "INSERT INTO exposures (id, epoch, hellos, rssi_sum, rssi_count)
+                     SELECT ?1, ?2, ?3, ?4, ?5 WHERE EXISTS (SELECT 1 FROM users WHERE id = ?1)
+                     ON CONFLICT (id, epoch) DO UPDATE SET
+                         hellos = hellos + excluded.hellos,
+                         rssi_sum = rssi_sum + excluded.rssi_sum,
+                         rssi_count = rssi_count + excluded.rssi_count",
+                )?;
+                for (id, exposure, slot) in &batch.exposures {
+                    if erased.contains(slot) {
+                        add.execute(params![
+                            id_sql(*id),
+                            exposure.epoch.number(),
+                            exposure.hellos,
+                            exposure.rssi_sum,
+                            exposure.rssi_count
+                        ])?;
+                    }
+                }
+            }
+            {
+                let mut push = conn.prepare_cached("INSERT INTO outbox (cc, record) VALUES (?1, ?2)")?;
+                for (cc, record, slot) in &batch.outbox {
+                    if erased.contains(slot) {
+                        push.execute(params![cc.value(), record])?;
+                    }
+                }
+            }
+            Ok(erased.len() as u64)
+        })
+        .await
+    }
+
+    async fn expire(
+        &self,
+        lee_before: Epoch,
+        tokens_before_unix: u64,
+        keys_before_day: u32,
+    ) -> Result<ExpiryStats> {
+        self.write("expire", false, move |conn| {
+            let exposures = conn
+                .prepare_cached("DELETE FROM exposures WHERE epoch < ?1")?
+                .execute([lee_before.number()])?;
+            let tokens = conn
+                .prepare_cached("DELETE FROM used_tokens WHERE expires < ?1")?
+                .execute([unix_sql(tokens_before_unix)])?;
+            let server_keys =
+                conn.prepare_cached("DELETE FROM server_keys WHERE day < ?1")?.execute([keys_before_day])?;
+            Ok(ExpiryStats {
+                exposures: exposures as u64,
+                tokens: tokens as u64,
+                server_keys: server_keys as u64,
+            })
+        })
+        .await
+    }
+
+    async fn put_server_key(&self, day: u32, wrapped: Vec<u8>) -> Result<Vec<u8>> {
+        self.write("put server key", false, move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO server_keys (day, wrapped) VALUES (?1, ?2)
+                 ON CONFLICT (day) DO NOTHING",
+            )?
+            .execute(params![day, wrapped])?;
+            conn.prepare_cached("SELECT wrapped FROM server_keys WHERE day = ?1")?
+                .query_row([day], |row| row.get(0))
+        })
+        .await
+    }
+
+    async fn server_keys(&self) -> Result<Vec<(u32, Vec<u8>)>> {
+        self.read("server keys", |conn| {
+            let mut stmt = conn.prepare_cached("SELECT day, wrapped FROM server_keys ORDER BY day")?;
+            let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn stats(&self) -> Result<Stats> {
+        let (users, pool_depth, outbox_depth) = self
+            .read("stats", |conn| {
+                conn.prepare_cached(
+                    "SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM pool),
+                            (SELECT count(*) FROM outbox)",
+                )?
+                .query_row([], |row| {
+                    Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
+                })
+            })
+            .await?;
+        let count = |n: i64| u64::try_from(n).unwrap_or(0);
+        Ok(Stats { users: count(users), pool_depth: count(pool_depth), outbox_depth: count(outbox_depth) })
+    }
+}
