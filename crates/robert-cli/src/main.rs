@@ -3,6 +3,7 @@
 //! Subcommands land with their issues; today: `crypto` (byte-level tool), `serve`, `keygen`,
 //! `authority`.
 
+mod bench;
 mod crypto;
 mod serve;
 
@@ -31,6 +32,8 @@ enum Command {
     /// Health-authority keys and single-use tokens (made offline; the server only verifies).
     #[command(subcommand)]
     Authority(serve::AuthorityCommand),
+    /// Reproducible throughput benchmarks of the server (DESIGN §6): upload, status, register, storage.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,12 +43,14 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match cli.command {
         Command::Crypto(args) => crypto::run(&args, &mut std::io::stdout().lock()),
         Command::Serve(args) => serve::serve(&args),
         Command::Keygen(args) => serve::keygen(&args),
         Command::Authority(cmd) => serve::authority(&cmd),
+        Command::Bench(args) => bench::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

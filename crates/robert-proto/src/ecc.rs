@@ -28,7 +28,7 @@ impl FederationKey {
             16 => AesAny::Aes128(Aes128::new_from_slice(key).map_err(|_| bad())?),
             24 => AesAny::Aes192(Aes192::new_from_slice(key).map_err(|_| bad())?),
             32 => AesAny::Aes256(Aes256::new_from_slice(key).map_err(|_| bad())?),
-            got => return Err(DecodeError::Length { what: "kg", expected: 32, got }),
+            _ => return Err(DecodeError::Layout { what: "kg", reason: "K_G must be 16, 24 or 32 bytes" }),
         };
         Ok(Self { cipher })
     }

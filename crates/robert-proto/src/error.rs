@@ -34,6 +34,15 @@ pub enum DecodeError {
         /// Name of the item.
         what: &'static str,
     },
+    /// The item's bytes do not have the item's layout (a length that is no whole number of
+    /// entries, say).
+    #[error("{what}: {reason}")]
+    Layout {
+        /// Name of the item.
+        what: &'static str,
+        /// What is wrong, in a fixed phrase.
+        reason: &'static str,
+    },
     /// The item is not a valid key of its kind (a point not on P-256, say).
     #[error("{what}: not a valid key")]
     Key {
@@ -51,9 +60,11 @@ impl DecodeError {
     /// The name of the item that failed to decode (for problem documents).
     pub fn field(&self) -> &'static str {
         match self {
-            Self::Length { what, .. } | Self::Range { what } | Self::Base64 { what } | Self::Key { what } => {
-                what
-            }
+            Self::Length { what, .. }
+            | Self::Range { what }
+            | Self::Base64 { what }
+            | Self::Layout { what, .. }
+            | Self::Key { what } => what,
         }
     }
 }

@@ -65,7 +65,8 @@ impl AuthRequest {
         Ok(Self { ebid, epoch, time, mac })
     }
 
-    /// §7 step 2: the request's time is within `tolerance_sec` of the server's `now`.
+    /// §7 step 2: the request's time is within `tolerance_sec` of the server's `now`, bounds
+    /// included (unlike the HELLO δ check, whose `< δ` is the spec's own strict inequality).
     pub fn check_time(&self, now: NtpTime, tolerance_sec: u32) -> Result<(), Rejected> {
         if self.time.abs_diff(now) <= tolerance_sec { Ok(()) } else { Err(Rejected) }
     }
@@ -77,8 +78,12 @@ impl AuthRequest {
         if epoch == self.epoch { Ok(id) } else { Err(Rejected) }
     }
 
-    /// §7 step 6: checks the MAC for request kind `code` in constant time.
+    /// §7 step 6: checks the MAC for request kind `code` in constant time. The HELLO code (1) is
+    /// not a request code and never verifies.
     pub fn verify_mac(&self, key: &AuthKey, code: RequestCode) -> Result<(), Rejected> {
+        if !code.is_request() {
+            return Err(Rejected);
+        }
         key.verify_request_mac(code, &self.ebid, self.epoch, self.time, &self.mac)
     }
 }
@@ -131,6 +136,8 @@ mod tests {
                 assert_eq!(r.verify_mac(&key(), b).is_ok(), a == b, "{a:?} vs {b:?}");
             }
         }
+        // A request MACed with the HELLO code is refused even under that code.
+        assert!(sample(RequestCode::Hello).verify_mac(&key(), RequestCode::Hello).is_err());
     }
 
     #[test]

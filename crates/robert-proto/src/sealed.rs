@@ -84,14 +84,13 @@ pub fn seal_with_iv(k_enc: &KEnc, entries: &[EbidEntry], iv: [u8; IV_LEN]) -> Ve
 pub fn open(k_enc: &KEnc, sealed: &[u8]) -> Result<Vec<EbidEntry>, SealError> {
     let min = IV_LEN + TAG_LEN;
     if sealed.len() < min {
-        return Err(DecodeError::Length { what: "ebids", expected: min, got: sealed.len() }.into());
+        return Err(DecodeError::Layout { what: "ebids", reason: "shorter than an IV and a tag" }.into());
     }
     let body_len = sealed.len() - min;
     if !body_len.is_multiple_of(ENTRY_LEN) || body_len / ENTRY_LEN > MAX_ENTRIES {
-        return Err(DecodeError::Length {
+        return Err(DecodeError::Layout {
             what: "ebids",
-            expected: min + (body_len / ENTRY_LEN) * ENTRY_LEN,
-            got: sealed.len(),
+            reason: "not IV, a whole number of 12-byte entries (at most 65536) and a tag",
         }
         .into());
     }

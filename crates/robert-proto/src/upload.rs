@@ -38,7 +38,7 @@ impl UploadRecord {
         let rssi = match bytes.len() {
             RECORD_LEN => None,
             RECORD_WITH_RSSI_LEN => Some(i8::from_be_bytes([bytes[RECORD_LEN]])),
-            got => return Err(DecodeError::Length { what: "record", expected: RECORD_LEN, got }),
+            _ => return Err(DecodeError::Layout { what: "record", reason: "a record is 20 or 21 bytes" }),
         };
         let hello = Hello::parse(&bytes[..16])?;
         let time = NtpTime::from_be_bytes([bytes[16], bytes[17], bytes[18], bytes[19]]);

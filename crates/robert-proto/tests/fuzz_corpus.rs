@@ -46,9 +46,7 @@ impl XorShift {
 }
 
 fn corpus_dir(target: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fuzz/corpus")
-        .join(target)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus").join(target)
 }
 
 /// Every seed of `fuzz/corpus/<target>/`, in name order.
@@ -56,18 +54,11 @@ fn seeds(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
     let dir = corpus_dir(target);
     let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     let mut paths: Vec<PathBuf> = entries
-        .map(|e| {
-            e.unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-                .path()
-        })
+        .map(|e| e.unwrap_or_else(|e| panic!("{}: {e}", dir.display())).path())
         .filter(|p| p.is_file())
         .collect();
     paths.sort();
-    assert!(
-        !paths.is_empty(),
-        "the seed corpus {} is empty",
-        dir.display()
-    );
+    assert!(!paths.is_empty(), "the seed corpus {} is empty", dir.display());
     paths
         .into_iter()
         .map(|p| {
@@ -88,12 +79,7 @@ fn run(target: fn(&[u8]), what: &str, data: &[u8]) {
     impl Drop for Reporter<'_> {
         fn drop(&mut self) {
             if std::thread::panicking() {
-                eprintln!(
-                    "failing input ({}, {} bytes): {}",
-                    self.0,
-                    self.1.len(),
-                    hex(self.1)
-                );
+                eprintln!("failing input ({}, {} bytes): {}", self.0, self.1.len(), hex(self.1));
             }
         }
     }
@@ -164,9 +150,5 @@ fn harness_is_deterministic() {
     assert_eq!(a.bytes(32), b.bytes(32));
     let seed = [0u8; 16];
     let changed = (0..100).filter(|_| mutate(&mut a, &seed) != seed).count();
-    assert!(
-        changed > 90,
-        "mutations left the seed unchanged {} times out of 100",
-        100 - changed
-    );
+    assert!(changed > 90, "mutations left the seed unchanged {} times out of 100", 100 - changed);
 }

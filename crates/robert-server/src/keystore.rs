@@ -250,6 +250,24 @@ impl DayKeys {
         Ok(EbidCipher::new(&key))
     }
 
+    /// Loads the stored day keys this instance does not hold yet (another replica may have created
+    /// them). Returns how many were added.
+    pub async fn refresh(&self, storage: &impl Storage, kek: &Kek) -> Result<usize, KeyError> {
+        let known = self.days();
+        let mut added = Vec::new();
+        for (day, wrapped) in storage.server_keys().await? {
+            if !known.contains(&day) {
+                added.push((day, Arc::new(Self::expand(kek, day, &wrapped)?)));
+            }
+        }
+        let n = added.len();
+        let mut cache = self.cache.write().expect("day-key lock is never poisoned: no panics inside");
+        for (day, cipher) in added {
+            cache.entry(day).or_insert(cipher);
+        }
+        Ok(n)
+    }
+
     /// The cipher of `day` if it exists (decryption never creates a key).
     pub fn get(&self, day: u32) -> Option<Arc<EbidCipher>> {
         self.cache.read().expect("day-key lock is never poisoned: no panics inside").get(&day).cloned()

@@ -610,11 +610,15 @@ impl<S: Storage> Service<S> {
         Ok(stats)
     }
 
-    /// Makes sure the day keys for today and tomorrow exist (so that registrations never wait
-    /// for a key to be created and persisted).
+    /// Makes sure the day keys from today to the end of the longest EBID list exist (so that
+    /// registrations never wait for a key to be created and persisted), and picks up the keys
+    /// other replicas created.
     pub async fn prepare_day_keys(&self) -> ServiceResult<()> {
+        self.day_keys.refresh(&self.storage, &self.secrets.kek).await?;
         let today = (self.now().to_unix() / 86_400) as u32;
-        for day in [today, today + 1, today + 2] {
+        let list_days = (2 * self.config.protocol.ebid_list_epochs * self.schedule.epoch_duration_sec())
+            .div_ceil(86_400);
+        for day in today..=today + list_days {
             self.day_keys.get_or_create(day, &self.storage, &self.secrets.kek).await?;
         }
         Ok(())

@@ -489,3 +489,107 @@ async fn database_holds_no_hello_and_no_token() {
     assert!(!raw.windows(token.len()).any(|w| w == token.as_bytes()), "the token is in the database");
     server.stop().await;
 }
+
+/// Annex A: with p = 1 every ESR not at risk is answered "at risk" anyway.
+#[tokio::test]
+async fn probabilistic_notification() {
+    let mut config = test_config();
+    config.risk.notification_probability = 1.0;
+    let server = TestServer::start(config).await;
+    let mut a = TestApp::register(&server).await;
+    let s: StatusResponse = a.status(&server).await.json().await.expect("json");
+    assert!(s.at_risk, "selected at random with p = 1");
+    assert_eq!(server.service.metrics().counter("notifications"), Some(1));
+    server.stop().await;
+
+    let server = TestServer::start(test_config()).await; // p = 0 (default)
+    let mut b = TestApp::register(&server).await;
+    let s: StatusResponse = b.status(&server).await.json().await.expect("json");
+    assert!(!s.at_risk);
+    server.stop().await;
+}
+
+/// The acknowledgement and the reset are refused when they make no sense.
+#[tokio::test]
+async fn ack_and_reset_rejections() {
+    let server = TestServer::start(test_config()).await;
+    let a = TestApp::register(&server).await;
+    // Nothing to acknowledge.
+    assert_rejected(server.post("/api/v1/status/ack", &a.request(&server, RequestCode::StatusAck)).await)
+        .await;
+    // A reset needs a `reset` token: a `declare` one, garbage, or a MAC for another code are refused.
+    let with = |token: String, code| ResetRequestBody { request: a.request(&server, code), token };
+    let declare = server.token(Purpose::Declare);
+    assert_rejected(server.post("/api/v1/status/reset", &with(declare, RequestCode::StatusReset)).await)
+        .await;
+    assert_rejected(
+        server.post("/api/v1/status/reset", &with("a.b.c".into(), RequestCode::StatusReset)).await,
+    )
+    .await;
+    let reset = server.token(Purpose::Reset);
+    assert_rejected(
+        server.post("/api/v1/status/reset", &with(reset.clone(), RequestCode::StatusRequest)).await,
+    )
+    .await;
+    // The refused attempt did not spend the token.
+    assert_eq!(
+        server.post("/api/v1/status/reset", &with(reset, RequestCode::StatusReset)).await.status(),
+        204
+    );
+    server.stop().await;
+}
+
+/// §6.2 step 3 and §8: a pair whose ECC names a peer country goes to the federation outbox; one
+/// naming a country that is not a peer is dropped and counted.
+#[tokio::test]
+async fn foreign_pairs_are_routed_or_dropped() {
+    let mut config = test_config();
+    config.protocol.peer_countries = vec![49];
+    let server = TestServer::start(config).await;
+    let secrets =
+        robert_server::keystore::ServerSecrets::load(&server.dir.path().join("keys")).expect("keys");
+    let now = server.now();
+    let foreign = |cc: u8, seed: u8| {
+        let ebid = Ebid::new([seed; 8]);
+        let ecc = secrets.federation.encrypt_country(&ebid, CountryCode::new(cc));
+        Hello::build(&AuthKey::new(&KAuth::new([seed; 32])), ecc, ebid, now)
+    };
+    let pairs = [(foreign(49, 1), now, None), (foreign(49, 2), now, Some(-60)), (foreign(44, 3), now, None)];
+    let token = server.token(Purpose::Declare);
+    let resp = server
+        .http
+        .post(format!("{}/api/v1/report", server.url))
+        .bearer_auth(token)
+        .json(&report_body(&pairs))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 202);
+    assert_eq!(server.mix().await, 3);
+    assert_eq!(server.service.storage().stats().await.expect("stats").outbox_depth, 2);
+    assert_eq!(server.service.metrics().counter("pairs_forwarded"), Some(2));
+    assert_eq!(server.service.metrics().counter("pairs_dropped_foreign"), Some(1));
+    server.stop().await;
+}
+
+/// Oversized bodies are refused before they are read, with a problem document.
+#[tokio::test]
+async fn body_size_limit() {
+    let mut config = test_config();
+    config.server.max_body_bytes = 1024;
+    let server = TestServer::start(config).await;
+    let big =
+        serde_json::json!({ "contacts": vec![serde_json::json!({"hello": "A".repeat(24), "time": 1}); 100] });
+    let token = server.token(Purpose::Declare);
+    let resp = server
+        .http
+        .post(format!("{}/api/v1/report", server.url))
+        .bearer_auth(token)
+        .json(&big)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 413);
+    assert_eq!(server.service.storage().stats().await.expect("stats").pool_depth, 0);
+    server.stop().await;
+}
