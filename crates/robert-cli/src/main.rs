@@ -5,6 +5,7 @@
 
 mod bench;
 mod crypto;
+mod phone;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -34,6 +35,9 @@ enum Command {
     Authority(serve::AuthorityCommand),
     /// Reproducible throughput benchmarks of the server (DESIGN §6): upload, status, register, storage.
     Bench(bench::BenchArgs),
+    /// One virtual phone with an encrypted state file: register, hello, receive, report, status,
+    /// ack, reset, unregister, delete-history (against a running `robert serve`).
+    Phone(phone::PhoneArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +55,7 @@ fn main() -> ExitCode {
         Command::Keygen(args) => serve::keygen(&args),
         Command::Authority(cmd) => serve::authority(&cmd),
         Command::Bench(args) => bench::run(&args),
+        Command::Phone(args) => phone::run(&args, &mut std::io::stdout().lock()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -122,33 +122,36 @@ async fn run<S: Storage>(
     let service =
         Arc::new(Service::new(config, service_start, secrets, storage, authorities, system_clock()).await?);
     service.prepare_day_keys().await?;
+    let shutdown = shutdown_signal()?;
     let listener =
         tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
     eprintln!("robert: serving the ROBERT API on http://{}", listener.local_addr()?);
-    robert_server::http::run(listener, service, shutdown_signal()).await?;
+    robert_server::http::run(listener, service, shutdown).await?;
     eprintln!("robert: stopped");
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Installs the SIGTERM / SIGINT handlers now (before the server says it is serving, so that a
+/// signal arriving right after that line still shuts it down gracefully) and returns the future
+/// that resolves on either.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()> + Send + 'static> {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(t) => t,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
             }
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
+        })
     }
     #[cfg(not(unix))]
     {
-        let _ = ctrl_c.await;
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
     }
 }
 

@@ -18,6 +18,10 @@ fn skinny(c: &mut Criterion) {
     g.bench_function("key_schedule", |b| b.iter(|| Skinny64_192::new(black_box(&[0x5a; 24]))));
     g.bench_function("encrypt", |b| b.iter(|| cipher.encrypt_block(black_box([1, 2, 3, 4, 5, 6, 7, 8]))));
     g.bench_function("decrypt", |b| b.iter(|| cipher.decrypt_block(black_box([1, 2, 3, 4, 5, 6, 7, 8]))));
+    let mut batch = [[7u8; 8]; 64];
+    g.throughput(criterion::Throughput::Elements(64));
+    g.bench_function("encrypt_batch_64", |b| b.iter(|| cipher.encrypt_blocks(black_box(&mut batch))));
+    g.bench_function("decrypt_batch_64", |b| b.iter(|| cipher.decrypt_blocks(black_box(&mut batch))));
     g.finish();
 }
 

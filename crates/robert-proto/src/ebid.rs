@@ -33,6 +33,28 @@ impl EbidCipher {
     }
 }
 
+impl EbidCipher {
+    /// [`EbidCipher::encrypt`] for many `(epoch, ID)`s at once, bitsliced 64 at a time (an EBID
+    /// list of M epochs, say): several times cheaper per EBID than one by one.
+    pub fn encrypt_many(&self, items: &[(Epoch, Id)]) -> Vec<Ebid> {
+        let mut blocks: Vec<[u8; 8]> = items.iter().map(|(e, id)| plaintext(*e, *id)).collect();
+        self.cipher.encrypt_blocks(&mut blocks);
+        blocks.into_iter().map(Ebid::new).collect()
+    }
+
+    /// [`EbidCipher::decrypt`] for many EBIDs at once (a mixer batch).
+    pub fn decrypt_many(&self, ebids: &[Ebid]) -> Vec<(Epoch, Id)> {
+        let mut blocks: Vec<[u8; 8]> = ebids.iter().map(|e| e.to_bytes()).collect();
+        self.cipher.decrypt_blocks(&mut blocks);
+        blocks
+            .into_iter()
+            .map(|b| {
+                (Epoch::from_be_bytes([b[0], b[1], b[2]]), Id::from_be_bytes([b[3], b[4], b[5], b[6], b[7]]))
+            })
+            .collect()
+    }
+}
+
 impl fmt::Debug for EbidCipher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("EbidCipher([redacted])")
@@ -60,6 +82,18 @@ mod tests {
             let id = Id::new(id).expect("range");
             prop_assert_eq!(c.decrypt(&c.encrypt(epoch, id)), (epoch, id));
         }
+    }
+
+    #[test]
+    fn batches_match_one_by_one() {
+        let c = EbidCipher::new(&ServerKey::new([3; 24]));
+        let items: Vec<(Epoch, Id)> = (0..130u32)
+            .map(|i| (Epoch::new(i * 7).expect("range"), Id::new(u64::from(i) * 0x1_0001).expect("range")))
+            .collect();
+        let ebids = c.encrypt_many(&items);
+        let single: Vec<Ebid> = items.iter().map(|(e, id)| c.encrypt(*e, *id)).collect();
+        assert_eq!(ebids, single);
+        assert_eq!(c.decrypt_many(&ebids), items);
     }
 
     #[test]

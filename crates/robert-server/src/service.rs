@@ -295,23 +295,27 @@ impl<S: Storage> Service<S> {
         let end = (from.number() / m + 2).saturating_mul(m).min(Epoch::MAX.number() + 1);
         let cc = CountryCode::new(self.config.protocol.country_code);
         let mut entries = Vec::with_capacity((end - from.number()) as usize);
-        let mut current: Option<(u32, Arc<robert_proto::EbidCipher>)> = None;
-        for n in from.number()..end {
-            let epoch = Epoch::new(n).expect("below 2^24 by construction");
+        // Group the epochs by the day whose K_S makes them, and encrypt each group bitsliced.
+        let mut n = from.number();
+        while n < end {
+            let first = Epoch::new(n).expect("below 2^24 by construction");
             let day = self
-                .day_of_epoch(epoch)
+                .day_of_epoch(first)
                 .ok_or_else(|| ServiceError::Internal("epoch past NTP era 0".into()))?;
-            let cipher = match &current {
-                Some((d, c)) if *d == day => c.clone(),
-                _ => {
-                    let c = self.day_keys.get_or_create(day, &self.storage, &self.secrets.kek).await?;
-                    current = Some((day, c.clone()));
-                    c
+            let mut group = Vec::new();
+            while n < end {
+                let epoch = Epoch::new(n).expect("below 2^24 by construction");
+                if self.day_of_epoch(epoch) != Some(day) {
+                    break;
                 }
-            };
-            let ebid = cipher.encrypt(epoch, id);
-            let ecc = self.secrets.federation.encrypt_country(&ebid, cc);
-            entries.push(EbidEntry { epoch, ebid, ecc });
+                group.push((epoch, id));
+                n += 1;
+            }
+            let cipher = self.day_keys.get_or_create(day, &self.storage, &self.secrets.kek).await?;
+            for ((epoch, _), ebid) in group.iter().zip(cipher.encrypt_many(&group)) {
+                let ecc = self.secrets.federation.encrypt_country(&ebid, cc);
+                entries.push(EbidEntry { epoch: *epoch, ebid, ecc });
+            }
         }
         let sealed = sealed::seal(k_enc, &entries, &mut rand::rng())
             .map_err(|_| ServiceError::Internal("EBID list out of order".into()))?;
@@ -616,8 +620,8 @@ impl<S: Storage> Service<S> {
     pub async fn prepare_day_keys(&self) -> ServiceResult<()> {
         self.day_keys.refresh(&self.storage, &self.secrets.kek).await?;
         let today = (self.now().to_unix() / 86_400) as u32;
-        let list_days = (2 * self.config.protocol.ebid_list_epochs * self.schedule.epoch_duration_sec())
-            .div_ceil(86_400);
+        let list_days =
+            (2 * self.config.protocol.ebid_list_epochs * self.schedule.epoch_duration_sec()).div_ceil(86_400);
         for day in today..=today + list_days {
             self.day_keys.get_or_create(day, &self.storage, &self.secrets.kek).await?;
         }

@@ -21,10 +21,7 @@ fn ep(n: u32) -> Epoch {
 }
 
 fn token(jti: &str) -> TokenUse {
-    TokenUse {
-        jti: jti.to_owned(),
-        expires_unix: 4_000_000_000,
-    }
+    TokenUse { jti: jti.to_owned(), expires_unix: 4_000_000_000 }
 }
 
 fn open(path: &Path) -> SqliteStorage {
@@ -41,10 +38,7 @@ async fn sqlite_passes_the_contract() {
     let dir = tempfile::tempdir().expect("temp dir");
     let n = AtomicUsize::new(0);
     robert_server::storage::contract::run_all(|| {
-        let file = dir.path().join(format!(
-            "contract-{}.sqlite",
-            n.fetch_add(1, Ordering::Relaxed)
-        ));
+        let file = dir.path().join(format!("contract-{}.sqlite", n.fetch_add(1, Ordering::Relaxed)));
         open(&file)
     })
     .await;
@@ -55,10 +49,7 @@ async fn sqlite_without_fsync_passes_the_contract() {
     let dir = tempfile::tempdir().expect("temp dir");
     let n = AtomicUsize::new(0);
     robert_server::storage::contract::run_all(|| {
-        let file = dir.path().join(format!(
-            "contract-{}.sqlite",
-            n.fetch_add(1, Ordering::Relaxed)
-        ));
+        let file = dir.path().join(format!("contract-{}.sqlite", n.fetch_add(1, Ordering::Relaxed)));
         SqliteStorage::open(&file, false).expect("open the SQLite store")
     })
     .await;
@@ -69,10 +60,7 @@ async fn sqlite_survives_a_reopen() {
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("robert.sqlite");
     let (a, b) = (id(1), id(2));
-    let pending = PoolEntry {
-        slot: [7; 16],
-        record: vec![1; 20],
-    };
+    let pending = PoolEntry { slot: [7; 16], record: vec![1; 20] };
     let before = {
         let s = open(&file);
         assert!(s.insert_user(a, vec![0xAA; 92]).await.expect("insert"));
@@ -80,29 +68,14 @@ async fn sqlite_survives_a_reopen() {
         assert!(
             s.submit_report(
                 token("j1"),
-                vec![
-                    pending.clone(),
-                    PoolEntry {
-                        slot: [8; 16],
-                        record: vec![2; 20]
-                    }
-                ]
+                vec![pending.clone(), PoolEntry { slot: [8; 16], record: vec![2; 20] }]
             )
             .await
             .expect("submit")
         );
         let batch = ProcessedBatch {
             slots: vec![[8; 16]],
-            exposures: vec![(
-                a,
-                Exposure {
-                    epoch: ep(5),
-                    hellos: 1,
-                    rssi_sum: -60,
-                    rssi_count: 1,
-                },
-                [8; 16],
-            )],
+            exposures: vec![(a, Exposure { epoch: ep(5), hellos: 1, rssi_sum: -60, rssi_count: 1 }, [8; 16])],
             outbox: Vec::new(),
         };
         assert_eq!(s.pool_commit(batch).await.expect("commit"), 1);
@@ -110,10 +83,7 @@ async fn sqlite_survives_a_reopen() {
             s.status_request(a, ep(9), 3, true).await.expect("esr"),
             StatusOutcome::Answer { at_risk: true }
         );
-        assert_eq!(
-            s.put_server_key(3, vec![3; 40]).await.expect("key"),
-            vec![3; 40]
-        );
+        assert_eq!(s.put_server_key(3, vec![3; 40]).await.expect("key"), vec![3; 40]);
         (
             s.load_user(a).await.expect("load"),
             s.load_user(b).await.expect("load"),
@@ -122,29 +92,16 @@ async fn sqlite_survives_a_reopen() {
         // Dropped here: the writer finishes and the connections close.
     };
     let s = open(&file);
-    assert_eq!(
-        s.load_user(a).await.expect("load"),
-        before.0,
-        "user a as it was"
-    );
-    assert_eq!(
-        s.load_user(b).await.expect("load"),
-        before.1,
-        "user b as it was"
-    );
+    assert_eq!(s.load_user(a).await.expect("load"), before.0, "user a as it was");
+    assert_eq!(s.load_user(b).await.expect("load"), before.1, "user b as it was");
     assert_eq!(s.stats().await.expect("stats"), before.2);
     assert_eq!(s.pool_take(10).await.expect("pool"), vec![pending]);
     assert_eq!(s.server_keys().await.expect("keys"), vec![(3, vec![3; 40])]);
     assert!(
-        !s.submit_report(token("j1"), Vec::new())
-            .await
-            .expect("submit"),
+        !s.submit_report(token("j1"), Vec::new()).await.expect("submit"),
         "the spent jti is still remembered"
     );
-    assert!(
-        !s.insert_user(a, vec![0; 92]).await.expect("insert"),
-        "a is still taken"
-    );
+    assert!(!s.insert_user(a, vec![0; 92]).await.expect("insert"), "a is still taken");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -154,15 +111,9 @@ async fn sqlite_refuses_a_newer_schema() {
     drop(open(&file));
     {
         let conn = rusqlite::Connection::open(&file).expect("open raw");
-        let version: i64 = conn
-            .query_row("PRAGMA user_version", [], |row| row.get(0))
-            .expect("user_version");
-        assert_eq!(
-            version, SCHEMA_VERSION,
-            "open migrated to the current schema"
-        );
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
-            .expect("bump user_version");
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0)).expect("user_version");
+        assert_eq!(version, SCHEMA_VERSION, "open migrated to the current schema");
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1).expect("bump user_version");
     }
     match SqliteStorage::open(&file, true) {
         Err(StorageError::UnknownSchema { found, known }) => {
@@ -172,14 +123,8 @@ async fn sqlite_refuses_a_newer_schema() {
         Ok(_) => panic!("a database from a newer binary was opened"),
     }
     let conn = rusqlite::Connection::open(&file).expect("open raw");
-    let version: i64 = conn
-        .query_row("PRAGMA user_version", [], |row| row.get(0))
-        .expect("user_version");
-    assert_eq!(
-        version,
-        SCHEMA_VERSION + 1,
-        "the refused file was left untouched"
-    );
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0)).expect("user_version");
+    assert_eq!(version, SCHEMA_VERSION + 1, "the refused file was left untouched");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -201,10 +146,7 @@ async fn sqlite_group_commit_shares_commits() {
     assert_eq!(inserted, 1000);
     let commits = s.commit_count() - start;
     assert!(commits >= 1, "at least one commit");
-    assert!(
-        commits < 1000,
-        "1000 concurrent writes shared commits ({commits} commits)"
-    );
+    assert!(commits < 1000, "1000 concurrent writes shared commits ({commits} commits)");
     assert_eq!(s.stats().await.expect("stats").users, 1000);
 }
 
@@ -214,68 +156,35 @@ async fn sqlite_failing_command_fails_alone() {
     let dir = tempfile::tempdir().expect("temp dir");
     let s = open(&dir.path().join("robert.sqlite"));
     assert!(
-        s.submit_report(
-            token("first"),
-            vec![PoolEntry {
-                slot: [1; 16],
-                record: vec![1; 20]
-            }]
-        )
-        .await
-        .expect("submit")
+        s.submit_report(token("first"), vec![PoolEntry { slot: [1; 16], record: vec![1; 20] }])
+            .await
+            .expect("submit")
     );
     // The same slot again: a primary-key violation inside the command (a caller bug), sent in the
     // same group as good commands.
     let bad = s.submit_report(
         token("second"),
         vec![
-            PoolEntry {
-                slot: [2; 16],
-                record: vec![2; 20],
-            },
-            PoolEntry {
-                slot: [1; 16],
-                record: vec![3; 20],
-            },
+            PoolEntry { slot: [2; 16], record: vec![2; 20] },
+            PoolEntry { slot: [1; 16], record: vec![3; 20] },
         ],
     );
     let good_1 = s.insert_user(id(1), vec![1; 92]);
-    let good_2 = s.submit_report(
-        token("third"),
-        vec![PoolEntry {
-            slot: [4; 16],
-            record: vec![4; 20],
-        }],
-    );
+    let good_2 = s.submit_report(token("third"), vec![PoolEntry { slot: [4; 16], record: vec![4; 20] }]);
     let (bad, good_1, good_2) = tokio::join!(bad, good_1, good_2);
     match bad {
         Err(StorageError::Backend(message)) => {
-            assert!(
-                !message.contains("0101"),
-                "no bytes in the message: {message}"
-            );
+            assert!(!message.contains("0101"), "no bytes in the message: {message}");
         }
         other => panic!("expected a backend error, got {other:?}"),
     }
     assert!(good_1.expect("insert"));
     assert!(good_2.expect("submit"));
-    let mut slots: Vec<[u8; 16]> = s
-        .pool_take(10)
-        .await
-        .expect("pool")
-        .into_iter()
-        .map(|e| e.slot)
-        .collect();
+    let mut slots: Vec<[u8; 16]> = s.pool_take(10).await.expect("pool").into_iter().map(|e| e.slot).collect();
     slots.sort_unstable();
-    assert_eq!(
-        slots,
-        vec![[1; 16], [4; 16]],
-        "the failed declaration stored nothing"
-    );
+    assert_eq!(slots, vec![[1; 16], [4; 16]], "the failed declaration stored nothing");
     assert!(
-        s.submit_report(token("second"), Vec::new())
-            .await
-            .expect("submit"),
+        s.submit_report(token("second"), Vec::new()).await.expect("submit"),
         "… and did not spend its token"
     );
 }
@@ -326,21 +235,12 @@ async fn sqlite_keeps_no_uploaded_pair_after_processing() {
         .enumerate()
         .map(|(n, record)| {
             let mut slot = [0u8; 16];
-            slot[..8]
-                .copy_from_slice(&(n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15).to_be_bytes());
-            PoolEntry {
-                slot,
-                record: record.clone(),
-            }
+            slot[..8].copy_from_slice(&(n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15).to_be_bytes());
+            PoolEntry { slot, record: record.clone() }
         })
         .collect();
-    assert!(
-        s.submit_report(token("declaration-jti"), entries)
-            .await
-            .expect("submit")
-    );
-    let contains =
-        |haystack: &[u8], needle: &[u8]| haystack.windows(needle.len()).any(|w| w == needle);
+    assert!(s.submit_report(token("declaration-jti"), entries).await.expect("submit"));
+    let contains = |haystack: &[u8], needle: &[u8]| haystack.windows(needle.len()).any(|w| w == needle);
     let file_bytes = || {
         let mut bytes = std::fs::read(&file).expect("read db");
         if let Ok(wal) = std::fs::read(dir.path().join("robert.sqlite-wal")) {
@@ -360,25 +260,11 @@ async fn sqlite_keeps_no_uploaded_pair_after_processing() {
         slots: taken.iter().map(|e| e.slot).collect(),
         exposures: taken
             .iter()
-            .map(|e| {
-                (
-                    a,
-                    Exposure {
-                        epoch: ep(1),
-                        hellos: 1,
-                        rssi_sum: 0,
-                        rssi_count: 0,
-                    },
-                    e.slot,
-                )
-            })
+            .map(|e| (a, Exposure { epoch: ep(1), hellos: 1, rssi_sum: 0, rssi_count: 0 }, e.slot))
             .collect(),
         outbox: Vec::new(),
     };
-    assert_eq!(
-        s.pool_commit(batch).await.expect("commit") as usize,
-        records.len()
-    );
+    assert_eq!(s.pool_commit(batch).await.expect("commit") as usize, records.len());
 
     // The WAL scrub runs right after the commit unless a reader holds an old snapshot; give it a
     // few retries' time.
@@ -391,15 +277,11 @@ async fn sqlite_keeps_no_uploaded_pair_after_processing() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    assert_eq!(
-        leaked, 0,
-        "uploaded records left in the database file or WAL"
-    );
+    assert_eq!(leaked, 0, "uploaded records left in the database file or WAL");
 
     // What the database holds: the token's jti and expiry, the exposure aggregate, nothing else.
-    let conn =
-        rusqlite::Connection::open_with_flags(&file, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .expect("open raw");
+    let conn = rusqlite::Connection::open_with_flags(&file, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .expect("open raw");
     let tokens: Vec<(String, i64)> = conn
         .prepare("SELECT * FROM used_tokens")
         .expect("prepare")
@@ -409,16 +291,10 @@ async fn sqlite_keeps_no_uploaded_pair_after_processing() {
         .expect("rows");
     assert_eq!(tokens, vec![("declaration-jti".to_owned(), 4_000_000_000)]);
     let columns: i64 = conn
-        .query_row(
-            "SELECT count(*) FROM pragma_table_info('used_tokens')",
-            [],
-            |row| row.get(0),
-        )
+        .query_row("SELECT count(*) FROM pragma_table_info('used_tokens')", [], |row| row.get(0))
         .expect("columns");
     assert_eq!(columns, 2, "used_tokens holds the jti and its expiry only");
-    let pool: i64 = conn
-        .query_row("SELECT count(*) FROM pool", [], |row| row.get(0))
-        .expect("pool");
+    let pool: i64 = conn.query_row("SELECT count(*) FROM pool", [], |row| row.get(0)).expect("pool");
     assert_eq!(pool, 0);
     let exposures: Vec<(i64, i64, i64)> = conn
         .prepare("SELECT id, epoch, hellos FROM exposures")
@@ -427,10 +303,6 @@ async fn sqlite_keeps_no_uploaded_pair_after_processing() {
         .expect("query")
         .collect::<Result<_, _>>()
         .expect("rows");
-    assert_eq!(
-        exposures,
-        vec![(0x12_3456_789A, 1, 300)],
-        "one aggregate, no per-pair row"
-    );
+    assert_eq!(exposures, vec![(0x12_3456_789A, 1, 300)], "one aggregate, no per-pair row");
     drop(s);
 }
