@@ -334,7 +334,8 @@ impl App {
         let clock = transport.clock().await?;
         let pk = transport.server_key().await?;
         let pk = b64_decode("publicKey", &pk.public_key).map_err(|_| AppError::BadServerData("publicKey"))?;
-        let server_pk = PublicKey::parse("publicKey", &pk).map_err(|_| AppError::BadServerData("publicKey"))?;
+        let server_pk =
+            PublicKey::parse("publicKey", &pk).map_err(|_| AppError::BadServerData("publicKey"))?;
         let ch = transport.challenge().await?;
         let challenge =
             b64_decode("challenge", &ch.challenge).map_err(|_| AppError::BadServerData("challenge"))?;
@@ -432,9 +433,9 @@ impl App {
     pub fn status_due(&self, now: NtpTime) -> bool {
         let Ok(epoch) = self.epoch_at(now) else { return false };
         match &self.registration {
-            Some(r) if !r.notified => r
-                .last_esr_epoch
-                .is_none_or(|l| epoch.number().saturating_sub(l.number()) >= self.config.esr_min_interval_epochs),
+            Some(r) if !r.notified => r.last_esr_epoch.is_none_or(|l| {
+                epoch.number().saturating_sub(l.number()) >= self.config.esr_min_interval_epochs
+            }),
             _ => false,
         }
     }
@@ -659,7 +660,9 @@ impl App {
                     c.attempt_unanswered = false;
                 }
                 Err(TransportError::Rejected) if prior_unanswered => c.state = ChunkState::AssumedDelivered,
-                Err(TransportError::Rejected | TransportError::Refused { .. }) => c.state = ChunkState::Refused,
+                Err(TransportError::Rejected | TransportError::Refused { .. }) => {
+                    c.state = ChunkState::Refused
+                }
                 Err(e) => {
                     if matches!(e, TransportError::Unreachable(_)) {
                         c.attempt_unanswered = prior_unanswered;

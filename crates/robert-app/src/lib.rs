@@ -123,9 +123,7 @@ mod app;
 mod state;
 pub mod transport;
 
-pub use app::{
-    App, AppConfig, AppError, DeclarationPlan, ExposureStatus, ReceiveError, UploadProgress,
-};
+pub use app::{App, AppConfig, AppError, DeclarationPlan, ExposureStatus, ReceiveError, UploadProgress};
 pub use state::{StateError, StateFile, StateKey};
 #[cfg(feature = "in-process")]
 pub use transport::in_process::InProcessTransport;

@@ -10,7 +10,9 @@
 use crate::app::{App, AppConfig, Chunk, ChunkState, Registration};
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use robert_proto::sealed::EbidEntry;
-use robert_proto::{AuthKey, Ebid, Ecc, Epoch, EpochSchedule, KAuth, KEnc, NtpTime, SecretBytes, UploadRecord};
+use robert_proto::{
+    AuthKey, Ebid, Ecc, Epoch, EpochSchedule, KAuth, KEnc, NtpTime, SecretBytes, UploadRecord,
+};
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -90,19 +92,26 @@ impl StateFile {
     }
 
     fn aead(&self) -> LessSafeKey {
-        LessSafeKey::new(UnboundKey::new(&AES_256_GCM, self.key.expose_secret()).expect("the key is 32 bytes"))
+        LessSafeKey::new(
+            UnboundKey::new(&AES_256_GCM, self.key.expose_secret()).expect("the key is 32 bytes"),
+        )
     }
 
     /// Seals `app` and replaces the file atomically (temp file, fsync, rename, fsync directory).
     pub fn save(&self, app: &App, rng: &mut impl rand_core::CryptoRng) -> Result<(), StateError> {
         let mut plain = Zeroizing::new(
-            serde_json::to_vec(&Stored::from_app(app)).map_err(|e| StateError::Io(std::io::Error::other(e)))?,
+            serde_json::to_vec(&Stored::from_app(app))
+                .map_err(|e| StateError::Io(std::io::Error::other(e)))?,
         );
         let mut iv = [0u8; NONCE_LEN];
         rng.fill_bytes(&mut iv);
         let tag = self
             .aead()
-            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(iv), Aad::from(MAGIC), plain.as_mut_slice())
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(iv),
+                Aad::from(MAGIC),
+                plain.as_mut_slice(),
+            )
             .map_err(|_| StateError::Corrupt)?;
         let mut out = Vec::with_capacity(MAGIC.len() + NONCE_LEN + plain.len() + 16);
         out.extend_from_slice(MAGIC);

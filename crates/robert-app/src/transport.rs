@@ -63,10 +63,13 @@ pub trait Transport {
     /// `POST /api/v1/unregister` (code 3).
     fn unregister(&self, req: &AuthRequestBody) -> impl Future<Output = Result<(), TransportError>> + Send;
     /// `POST /api/v1/delete-history` (code 4).
-    fn delete_history(&self, req: &AuthRequestBody)
-    -> impl Future<Output = Result<(), TransportError>> + Send;
+    fn delete_history(
+        &self,
+        req: &AuthRequestBody,
+    ) -> impl Future<Output = Result<(), TransportError>> + Send;
     /// `POST /api/v1/status/reset` (code 6 and a `reset` token).
-    fn reset_status(&self, req: &ResetRequestBody) -> impl Future<Output = Result<(), TransportError>> + Send;
+    fn reset_status(&self, req: &ResetRequestBody)
+    -> impl Future<Output = Result<(), TransportError>> + Send;
     /// `POST /api/v1/report` with `Authorization: Bearer <token>`.
     fn report(
         &self,
@@ -116,10 +119,7 @@ impl HttpTransport {
             return Err(TransportError::NoAnswer(format!("HTTP {status}")));
         }
         let detail = match resp.json::<serde_json::Value>().await {
-            Ok(v) => v
-                .get("detail")
-                .and_then(|d| d.as_str())
-                .map_or_else(|| v.to_string(), str::to_owned),
+            Ok(v) => v.get("detail").and_then(|d| d.as_str()).map_or_else(|| v.to_string(), str::to_owned),
             Err(_) => String::new(),
         };
         Err(TransportError::Refused { status: status.as_u16(), detail })

@@ -104,13 +104,26 @@ async fn stale_or_replayed_hellos_are_refused_by_the_app_or_the_server() {
     let hello = a.hello_at(now).expect("hello");
 
     // After δ (60 s): refused by the App; just within: stored. 16-bit wrap-around is handled.
-    assert_eq!(b.on_hello_received(&hello, NtpTime::new(now.seconds() + 60), None), Err(ReceiveError::OutsideDelta));
-    assert_eq!(b.on_hello_received(&hello, NtpTime::new(now.seconds() - 60), None), Err(ReceiveError::OutsideDelta));
+    assert_eq!(
+        b.on_hello_received(&hello, NtpTime::new(now.seconds() + 60), None),
+        Err(ReceiveError::OutsideDelta)
+    );
+    assert_eq!(
+        b.on_hello_received(&hello, NtpTime::new(now.seconds() - 60), None),
+        Err(ReceiveError::OutsideDelta)
+    );
     b.on_hello_received(&hello, NtpTime::new(now.seconds() + 59), Some(-50)).expect("within δ");
     let wrap = NtpTime::new((now.seconds() | 0xFFFF) - 5); // t16 = 0xFFFA
     let h_wrap = a.hello_at(wrap).expect("hello");
     b.on_hello_received(&h_wrap, NtpTime::new(wrap.seconds() + 20), None).expect("wraps past 0xFFFF");
-    assert_eq!(b.on_hello_received(&[0; 15], now, None), Err(ReceiveError::Malformed(robert_proto::DecodeError::Length { what: "hello", expected: 16, got: 15 })));
+    assert_eq!(
+        b.on_hello_received(&[0; 15], now, None),
+        Err(ReceiveError::Malformed(robert_proto::DecodeError::Length {
+            what: "hello",
+            expected: 16,
+            got: 15
+        }))
+    );
 
     // Replayed 2^16 s later: the δ check passes (footnote 9). B, who heard it, refuses the repeat.
     let replay_at = NtpTime::new(now.seconds() + 65_536);
@@ -121,7 +134,14 @@ async fn stale_or_replayed_hellos_are_refused_by_the_app_or_the_server() {
     server.set_now(replay_at);
     let fh = f.hello_at(replay_at).expect("f's hello (list still covers this epoch)");
     d.on_hello_received(&fh, replay_at, Some(-50)).expect("fresh");
-    let pairs = declare(&server, &t, &mut d, NtpTime::new(now.seconds() - 10), NtpTime::new(replay_at.seconds() + 10)).await;
+    let pairs = declare(
+        &server,
+        &t,
+        &mut d,
+        NtpTime::new(now.seconds() - 10),
+        NtpTime::new(replay_at.seconds() + 10),
+    )
+    .await;
     assert_eq!(pairs, 2, "both pairs stored, then checked by the mixer");
     assert_eq!(f.check_status(&t, server.now()).await.expect("F"), ExposureStatus::AtRisk);
     assert_eq!(a.check_status(&t, server.now()).await.expect("A"), ExposureStatus::NotAtRisk);

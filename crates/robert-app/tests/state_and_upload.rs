@@ -100,9 +100,13 @@ async fn one_token_per_chunk() {
     // Too few tokens for the server's per-request limit.
     let mut a = contacts(&server, 25).await;
     a.set_config(AppConfig { max_contacts_per_request: 10, ..app_config() });
-    let err = a.start_declaration(vec![server.declare_token()], from, server.now(), server.now(), &mut rng(3));
+    let err =
+        a.start_declaration(vec![server.declare_token()], from, server.now(), server.now(), &mut rng(3));
     assert!(matches!(err, Err(AppError::TooFewTokens { needed: 3 })));
-    assert!(matches!(a.start_declaration(vec![], from, server.now(), server.now(), &mut rng(3)), Err(AppError::NoToken)));
+    assert!(matches!(
+        a.start_declaration(vec![], from, server.now(), server.now(), &mut rng(3)),
+        Err(AppError::NoToken)
+    ));
     server.stop().await;
 }
 
@@ -119,7 +123,10 @@ async fn chunks_are_spread_over_time() {
     assert_eq!((p.delivered, p.pending), (1, 1));
     let next = p.next_at.expect("next chunk due");
     assert!(next >= server.now() && next.seconds() <= server.now().seconds() + 600);
-    assert!(matches!(a.start_declaration(vec!["x".into()], from, server.now(), server.now(), &mut rng(4)), Err(AppError::DeclarationInProgress)));
+    assert!(matches!(
+        a.start_declaration(vec!["x".into()], from, server.now(), server.now(), &mut rng(4)),
+        Err(AppError::DeclarationInProgress)
+    ));
     server.set_now(next);
     let p = a.upload_due(&t, next, &mut no_checkpoint()).await.expect("sent");
     assert_eq!((p.delivered, p.pending, p.accepted_pairs), (2, 0, 20));
@@ -134,15 +141,33 @@ struct Flaky<T> {
 }
 
 impl<T: Transport + Sync> Transport for Flaky<T> {
-    async fn clock(&self) -> Result<ClockResponse, TransportError> { self.inner.clock().await }
-    async fn server_key(&self) -> Result<ServerKeyResponse, TransportError> { self.inner.server_key().await }
-    async fn challenge(&self) -> Result<ChallengeResponse, TransportError> { self.inner.challenge().await }
-    async fn register(&self, r: &RegisterRequest) -> Result<RegisterResponse, TransportError> { self.inner.register(r).await }
-    async fn status(&self, r: &AuthRequestBody) -> Result<StatusResponse, TransportError> { self.inner.status(r).await }
-    async fn acknowledge(&self, r: &AuthRequestBody) -> Result<(), TransportError> { self.inner.acknowledge(r).await }
-    async fn unregister(&self, r: &AuthRequestBody) -> Result<(), TransportError> { self.inner.unregister(r).await }
-    async fn delete_history(&self, r: &AuthRequestBody) -> Result<(), TransportError> { self.inner.delete_history(r).await }
-    async fn reset_status(&self, r: &ResetRequestBody) -> Result<(), TransportError> { self.inner.reset_status(r).await }
+    async fn clock(&self) -> Result<ClockResponse, TransportError> {
+        self.inner.clock().await
+    }
+    async fn server_key(&self) -> Result<ServerKeyResponse, TransportError> {
+        self.inner.server_key().await
+    }
+    async fn challenge(&self) -> Result<ChallengeResponse, TransportError> {
+        self.inner.challenge().await
+    }
+    async fn register(&self, r: &RegisterRequest) -> Result<RegisterResponse, TransportError> {
+        self.inner.register(r).await
+    }
+    async fn status(&self, r: &AuthRequestBody) -> Result<StatusResponse, TransportError> {
+        self.inner.status(r).await
+    }
+    async fn acknowledge(&self, r: &AuthRequestBody) -> Result<(), TransportError> {
+        self.inner.acknowledge(r).await
+    }
+    async fn unregister(&self, r: &AuthRequestBody) -> Result<(), TransportError> {
+        self.inner.unregister(r).await
+    }
+    async fn delete_history(&self, r: &AuthRequestBody) -> Result<(), TransportError> {
+        self.inner.delete_history(r).await
+    }
+    async fn reset_status(&self, r: &ResetRequestBody) -> Result<(), TransportError> {
+        self.inner.reset_status(r).await
+    }
     async fn report(&self, token: &str, r: &ReportRequest) -> Result<ReportResponse, TransportError> {
         if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
             if self.lose_answer {
@@ -162,7 +187,8 @@ async fn retries_never_double_count() {
         let t = Flaky { inner: server.http(), lose_answer, calls: AtomicUsize::new(0) };
         let mut a = contacts(&server, 12).await;
         let from = NtpTime::new(server.now().seconds() - 3600);
-        a.start_declaration(vec![server.declare_token()], from, server.now(), server.now(), &mut rng(1)).expect("plan");
+        a.start_declaration(vec![server.declare_token()], from, server.now(), server.now(), &mut rng(1))
+            .expect("plan");
         // The checkpoint sees the attempt marked before the request; persisting there survives a crash.
         let dir = tempfile::tempdir().expect("tempdir");
         let file = StateFile::new(dir.path().join("s"), StateKey::new([1; 32]));
@@ -175,7 +201,11 @@ async fn retries_never_double_count() {
         let mut resumed = file.load(app_config()).expect("load");
         let p = resumed.upload_due(&t, server.now(), &mut no_checkpoint()).await.expect("retry");
         if lose_answer {
-            assert_eq!((p.delivered, p.assumed_delivered, p.refused), (0, 1, 0), "token spent by the first try");
+            assert_eq!(
+                (p.delivered, p.assumed_delivered, p.refused),
+                (0, 1, 0),
+                "token spent by the first try"
+            );
         } else {
             assert_eq!((p.delivered, p.accepted_pairs), (1, 12));
         }
@@ -190,7 +220,8 @@ async fn a_bad_token_is_refused_not_assumed_delivered() {
     let t = server.http();
     let mut a = contacts(&server, 3).await;
     let from = NtpTime::new(server.now().seconds() - 3600);
-    a.start_declaration(vec!["not-a-token".into()], from, server.now(), server.now(), &mut rng(1)).expect("plan");
+    a.start_declaration(vec!["not-a-token".into()], from, server.now(), server.now(), &mut rng(1))
+        .expect("plan");
     let p = a.upload_due(&t, server.now(), &mut no_checkpoint()).await.expect("ran");
     assert_eq!((p.refused, p.pending, p.assumed_delivered), (1, 0, 0));
     server.stop().await;

@@ -98,7 +98,8 @@ fn system_now() -> Result<NtpTime> {
 }
 
 fn parse_key(hex_text: &str, what: &str) -> Result<StateKey> {
-    let bytes = zeroize::Zeroizing::new(hex::decode(hex_text.trim()).with_context(|| format!("{what}: not hex"))?);
+    let bytes =
+        zeroize::Zeroizing::new(hex::decode(hex_text.trim()).with_context(|| format!("{what}: not hex"))?);
     let arr: [u8; 32] = bytes.as_slice().try_into().map_err(|_| anyhow::anyhow!("{what}: not 32 bytes"))?;
     Ok(StateKey::new(arr))
 }
@@ -150,7 +151,8 @@ pub fn run(args: &PhoneArgs, out: &mut impl Write) -> Result<()> {
 }
 
 async fn run_async(args: &PhoneArgs, out: &mut impl Write) -> Result<()> {
-    let config = AppConfig { upload_max_delay_sec: 0, apply_clock_offset: args.at.is_none(), ..AppConfig::default() };
+    let config =
+        AppConfig { upload_max_delay_sec: 0, apply_clock_offset: args.at.is_none(), ..AppConfig::default() };
     let now = match args.at {
         Some(t) => NtpTime::new(t),
         None => system_now()?,
@@ -162,7 +164,9 @@ async fn run_async(args: &PhoneArgs, out: &mut impl Write) -> Result<()> {
     let mut app = match file.load(config.clone()) {
         Ok(app) => app,
         Err(StateError::Missing(_)) if register => App::new(config),
-        Err(StateError::Missing(p)) => bail!("no state file at {}: run `robert phone … register` first", p.display()),
+        Err(StateError::Missing(p)) => {
+            bail!("no state file at {}: run `robert phone … register` first", p.display())
+        }
         Err(e) => return Err(e).context(format!("loading {}", args.state.display())),
     };
     match &args.command {
@@ -198,7 +202,11 @@ async fn run_async(args: &PhoneArgs, out: &mut impl Write) -> Result<()> {
                 bail!("upload interrupted ({e}); run `report` again to retry with the same tokens");
             }
             if progress.refused > 0 {
-                bail!("the server refused {} of {} requests (invalid or used token?)", progress.refused, plan.chunks);
+                bail!(
+                    "the server refused {} of {} requests (invalid or used token?)",
+                    progress.refused,
+                    plan.chunks
+                );
             }
             writeln!(
                 out,

@@ -56,9 +56,17 @@ fn serve(cwd: &Path, config: &str) -> Server {
     let marker = "robert: serving the ROBERT API on ";
     let deadline = Instant::now() + DEADLINE;
     loop {
-        let line = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("server starts");
-        if let Some(at) = line.find(marker) {
-            return Server { child, url: line[at + marker.len()..].trim().to_owned() };
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) => {
+                if let Some(at) = line.find(marker) {
+                    return Server { url: line[at + marker.len()..].trim().to_owned(), child };
+                }
+            }
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("robert serve did not start");
+            }
         }
     }
 }
@@ -140,9 +148,11 @@ fn a_person_walks_the_protocol_with_robert_phone() {
     let token = ok(d, &["authority", "issue", "--key", "ha.pem", "--purpose", "declare"]);
     let from = (at - 3600).to_string();
     let to = (at + 3600).to_string();
-    let report: serde_json::Value =
-        serde_json::from_str(&phone_ok("b.state", &["report", "--token", &token, "--from", &from, "--to", &to]))
-            .expect("json");
+    let report: serde_json::Value = serde_json::from_str(&phone_ok(
+        "b.state",
+        &["report", "--token", &token, "--from", &from, "--to", &to],
+    ))
+    .expect("json");
     assert_eq!(report["accepted"], 1);
     let again = phone("b.state", &["report", "--token", &token, "--from", &from, "--to", &to]);
     assert!(!again.status.success(), "a spent token is refused");

@@ -369,9 +369,9 @@ mod tests {
         let orig = a;
         transpose(&mut a);
         // Word r's bit c goes to word c's bit r.
-        for r in 0..64 {
-            for c in 0..64 {
-                assert_eq!((a[c] >> r) & 1, (orig[r] >> c) & 1, "({r}, {c})");
+        for (r, row) in orig.iter().enumerate() {
+            for (c, col) in a.iter().enumerate() {
+                assert_eq!((col >> r) & 1, (row >> c) & 1, "({r}, {c})");
             }
         }
         transpose(&mut a);

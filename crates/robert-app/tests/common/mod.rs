@@ -71,7 +71,9 @@ impl TestServer {
         let c = clock.clone();
         let clock_fn: Clock = Arc::new(move || NtpTime::new(c.load(Ordering::SeqCst)));
         let service = Arc::new(
-            Service::new(config, service_start(), secrets, storage, trusted, clock_fn).await.expect("service"),
+            Service::new(config, service_start(), secrets, storage, trusted, clock_fn)
+                .await
+                .expect("service"),
         );
         service.prepare_day_keys().await.expect("day keys");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
