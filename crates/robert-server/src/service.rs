@@ -476,7 +476,7 @@ impl<S: Storage> Service<S> {
     /// have waited `mixer_max_delay_sec`, or `force`, processes the whole pool in shuffled batches.
     /// Returns the number of pairs erased.
     pub async fn mix_once(&self, force: bool) -> ServiceResult<u64> {
-        let depth = self.storage.stats().await?.pool_depth;
+        let depth = self.storage.pool_depth().await?;
         let since = {
             let mut p = self.pending_since.lock().expect("mixer lock is never poisoned: no panics inside");
             if depth == 0 {

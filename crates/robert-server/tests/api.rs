@@ -473,12 +473,24 @@ async fn database_holds_no_hello_and_no_token() {
         .expect("send");
     server.advance(5 * 60);
     assert_eq!(server.mix().await, 5);
-    let mut raw = Vec::new();
-    for entry in std::fs::read_dir(server.dir.path()).expect("dir") {
-        let p = entry.expect("entry").path();
-        if p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("robert.db")) {
-            raw.extend(std::fs::read(&p).expect("read"));
+    // The WAL is emptied right after a group that erased pool entries (retried while a reader
+    // holds an old snapshot): poll, with a generous deadline, until the bytes are gone.
+    let read_all = || {
+        let mut raw = Vec::new();
+        for entry in std::fs::read_dir(server.dir.path()).expect("dir") {
+            let p = entry.expect("entry").path();
+            if p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("robert.db")) {
+                raw.extend(std::fs::read(&p).expect("read"));
+            }
         }
+        raw
+    };
+    let has_hello = |raw: &[u8]| pairs.iter().any(|(h, _, _)| raw.windows(16).any(|w| w == h.to_bytes()));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut raw = read_all();
+    while has_hello(&raw) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        raw = read_all();
     }
     assert!(!raw.is_empty());
     for (h, _, _) in &pairs {

@@ -484,8 +484,7 @@ pub async fn unregister_erases<S: Storage>(s: &S) {
     assert_eq!(must_load(s, id(2)).await, fresh_record(2), "other IDs untouched");
 }
 
-/// `delete_history`: erases LEE_A and UN_A, keeps the registration (keys, SRE_A); `false` if
-/// unknown.
+/// `delete_history`: erases LEE_A, keeps the registration (keys, UN_A, SRE_A); `false` if unknown.
 pub async fn delete_history_keeps_registration<S: Storage>(s: &S) {
     assert!(!s.delete_history(id(1)).await.expect("delete_history"), "unknown ID");
     assert_eq!(s.load_user(id(1)).await.expect("load_user"), None, "nothing created");
@@ -499,8 +498,8 @@ pub async fn delete_history_keeps_registration<S: Storage>(s: &S) {
     assert!(s.delete_history(a).await.expect("delete_history"));
     assert_eq!(
         must_load(s, a).await,
-        UserRecord { last_status_epoch: Some(ep(10)), ..fresh_record(1) },
-        "LEE_A and UN_A erased; keys and SRE_A kept"
+        UserRecord { last_status_epoch: Some(ep(10)), notified: true, acknowledged: true, ..fresh_record(1) },
+        "LEE_A erased; keys, UN_A and SRE_A kept (only a reset token clears UN_A)"
     );
     assert!(s.delete_history(a).await.expect("delete_history"), "again: still registered");
 }

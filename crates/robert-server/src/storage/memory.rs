@@ -190,8 +190,6 @@ impl Storage for MemoryStorage {
             return Ok(false);
         };
         user.exposures.clear();
-        user.notified = false;
-        user.acknowledged = false;
         Ok(true)
     }
 
@@ -282,6 +280,10 @@ impl Storage for MemoryStorage {
     async fn server_keys(&self) -> Result<Vec<(u32, Vec<u8>)>> {
         let state = self.lock()?;
         Ok(state.server_keys.iter().map(|(day, wrapped)| (*day, wrapped.clone())).collect())
+    }
+
+    async fn pool_depth(&self) -> Result<u64> {
+        Ok(self.lock()?.pool.len() as u64)
     }
 
     async fn stats(&self) -> Result<Stats> {

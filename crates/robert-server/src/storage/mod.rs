@@ -198,8 +198,8 @@ pub trait Storage: Send + Sync + 'static {
     /// Unregister (Annex C, code 3): erases the ID's record and its LEE_A. `false` if unknown.
     fn unregister(&self, id: Id) -> impl Future<Output = Result<bool>> + Send;
 
-    /// Delete history (Annex C, code 4): erases LEE_A and UN_A of the ID, keeps the registration.
-    /// `false` if unknown.
+    /// Delete history (Annex C, code 4): erases LEE_A of the ID, keeps the registration and UN_A
+    /// (only a health authority's reset clears a notification, §3.2). `false` if unknown.
     fn delete_history(&self, id: Id) -> impl Future<Output = Result<bool>> + Send;
 
     /// A declaration (§6.1): atomically spends `token` and adds every entry to the pool. Returns
@@ -236,6 +236,9 @@ pub trait Storage: Send + Sync + 'static {
     /// Every stored day key, `(day, wrapped)`, in increasing day order.
     fn server_keys(&self) -> impl Future<Output = Result<Vec<(u32, Vec<u8>)>>> + Send;
 
-    /// Counters for metrics.
+    /// Pairs waiting in the pool (cheap: the mixer asks every second).
+    fn pool_depth(&self) -> impl Future<Output = Result<u64>> + Send;
+
+    /// Counters for metrics (may scan tables: not for hot paths).
     fn stats(&self) -> impl Future<Output = Result<Stats>> + Send;
 }

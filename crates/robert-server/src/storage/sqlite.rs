@@ -787,10 +787,11 @@ impl Storage for SqliteStorage {
 
     async fn delete_history(&self, id: Id) -> Result<bool> {
         self.write("delete history", false, move |conn| {
-            let found = conn
-                .prepare_cached("UPDATE users SET notified = 0, acknowledged = 0 WHERE id = ?1")?
-                .execute([id_sql(id)])?;
-            if found == 0 {
+            let found: Option<i64> = conn
+                .prepare_cached("SELECT 1 FROM users WHERE id = ?1")?
+                .query_row([id_sql(id)], |row| row.get(0))
+                .optional()?;
+            if found.is_none() {
                 return Ok(false);
             }
             conn.prepare_cached("DELETE FROM exposures WHERE id = ?1")?.execute([id_sql(id)])?;
@@ -917,6 +918,15 @@ impl Storage for SqliteStorage {
             rows.collect()
         })
         .await
+    }
+
+    async fn pool_depth(&self) -> Result<u64> {
+        let n: i64 = self
+            .read("pool depth", |conn| {
+                conn.prepare_cached("SELECT count(*) FROM pool")?.query_row([], |row| row.get(0))
+            })
+            .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     async fn stats(&self) -> Result<Stats> {
