@@ -4,10 +4,11 @@
 //! Each check exercises one method's doc comment, clause by clause, on a fresh, empty store.
 //! Running the whole suite on a backend is one line in an integration test:
 //!
-//! ```ignore
+//! ```
+//! # use robert_server::storage::memory::MemoryStorage as MyBackend;
 //! #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 //! async fn contract() {
-//!     robert_server::storage::contract::run_all(MyBackend::new_for_test).await;
+//!     robert_server::storage::contract::run_all(MyBackend::new).await;
 //! }
 //! ```
 //!
