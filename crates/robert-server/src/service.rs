@@ -515,9 +515,10 @@ impl<S: Storage> Service<S> {
         let cc_s = self.config.protocol.country_code;
         let delta = self.config.protocol.hello_delta_sec;
         let mut out = ProcessedBatch { slots: batch.iter().map(|e| e.slot).collect(), ..Default::default() };
-        // Pairs that passed the checks needing no IDTable, with their possible (epoch, ID)s.
-        let mut candidates: Vec<Candidate> = Vec::with_capacity(batch.len());
-        let mut wanted: Vec<Id> = Vec::new();
+        // Steps 2–3 per pair; the pairs that stay here, with the days whose K_S may have made
+        // their EBID (footnotes 13–16: the EBID's epoch may be that of the reception time or one
+        // either side).
+        let mut local: Vec<(usize, UploadRecord, Vec<u32>)> = Vec::with_capacity(batch.len());
         for (i, entry) in batch.iter().enumerate() {
             let Ok(rec) = UploadRecord::decode(&entry.record) else {
                 self.metrics.pair_rejected();
@@ -539,9 +540,6 @@ impl<S: Storage> Service<S> {
                 }
                 continue;
             }
-            // Steps 4 and 6, with the adjacent-key retry of footnotes 13–16: the EBID's epoch may be
-            // that of the reception time or one either side, so try the K_S of each such day.
-            let mut found = Vec::new();
             let Some(t_epoch) = self.schedule.epoch_at(rec.time) else {
                 self.metrics.pair_rejected();
                 continue;
@@ -552,22 +550,34 @@ impl<S: Storage> Service<S> {
                 .filter_map(|e| self.day_of_epoch(e))
                 .collect();
             days.dedup();
-            for day in days {
-                if let Some(cipher) = self.day_keys.get(day) {
-                    let (epoch, id) = cipher.decrypt(&rec.hello.ebid());
-                    if self.schedule.time_matches_epoch(rec.time, epoch)
-                        && self.day_of_epoch(epoch) == Some(day)
-                    {
-                        found.push((epoch, id));
-                        wanted.push(id);
-                    }
+            local.push((i, rec, days));
+        }
+        // Steps 4 and 6, per day key, bitsliced: decrypt every EBID that may be of that day.
+        let mut found: Vec<Vec<(Epoch, Id)>> = vec![Vec::new(); local.len()];
+        let mut wanted: Vec<Id> = Vec::new();
+        let mut all_days: Vec<u32> = local.iter().flat_map(|(_, _, d)| d.iter().copied()).collect();
+        all_days.sort_unstable();
+        all_days.dedup();
+        for day in all_days {
+            let Some(cipher) = self.day_keys.get(day) else { continue };
+            let members: Vec<usize> = (0..local.len()).filter(|&j| local[j].2.contains(&day)).collect();
+            let ebids: Vec<robert_proto::Ebid> = members.iter().map(|&j| local[j].1.hello.ebid()).collect();
+            for (&j, (epoch, id)) in members.iter().zip(cipher.decrypt_many(&ebids)) {
+                if self.schedule.time_matches_epoch(local[j].1.time, epoch)
+                    && self.day_of_epoch(epoch) == Some(day)
+                {
+                    found[j].push((epoch, id));
+                    wanted.push(id);
                 }
             }
+        }
+        let mut candidates: Vec<Candidate> = Vec::with_capacity(local.len());
+        for ((i, rec, _), found) in local.into_iter().zip(found) {
             if found.is_empty() {
                 self.metrics.pair_rejected();
-                continue;
+            } else {
+                candidates.push((i, rec, found));
             }
-            candidates.push((i, rec, found));
         }
         // Steps 5 and 7: one read for the whole batch.
         let keys: HashMap<Id, Vec<u8>> = self.storage.load_user_keys(wanted).await?.into_iter().collect();
