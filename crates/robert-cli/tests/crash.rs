@@ -16,17 +16,20 @@
 //! Nothing is timed: the kill comes after a number of `202`s, and every wait is a poll with a
 //! generous deadline.
 
+mod common;
+
+use common::{DEADLINE, ServerProcess};
+
 use robert_proto::api::*;
 use robert_proto::sealed::{self, EbidEntry};
 use robert_proto::*;
 use robert_server::keystore::ServerSecrets;
 use robert_server::token::{AuthorityKey, Purpose, TrustedAuthorities};
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 /// Registered Apps, and declarations (one per App).
@@ -37,95 +40,6 @@ const PAIRS: usize = 100;
 const TASKS: usize = 8;
 /// The child is killed once this many declarations have been answered `202`.
 const KILL_AFTER: usize = APPS / 3;
-/// Generous bound on every wait (server start, pool drain, shutdown).
-const DEADLINE: Duration = Duration::from_secs(30);
-
-// ---------------------------------------------------------------------------------------------
-// The child process.
-
-/// A `robert serve` child whose stderr is drained (so it never blocks on a full pipe) and kept.
-struct ServerProcess {
-    child: Child,
-    url: String,
-    log: Arc<Mutex<Vec<String>>>,
-    reader: Option<std::thread::JoinHandle<()>>,
-}
-
-impl ServerProcess {
-    /// Starts `robert <args>` and waits for `robert: serving the ROBERT API on http://ADDR`.
-    fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_robert"))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the robert binary starts");
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        let sink = log.clone();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                sink.lock().expect("log lock").push(line.clone());
-                // The receiver stops listening once the address is known; keep draining anyway.
-                let _ = tx.send(line);
-            }
-        });
-        let mut server = Self { child, url: String::new(), log, reader: Some(reader) };
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(line) => {
-                    if let Some(at) = line.find("robert: serving the ROBERT API on ") {
-                        let addr = &line[at + "robert: serving the ROBERT API on ".len()..];
-                        server.url = addr.trim().to_owned();
-                        return server;
-                    }
-                }
-                Err(_) => {
-                    let _ = server.child.kill();
-                    let _ = server.child.wait();
-                    panic!("robert serve did not start; stderr:\n{}", server.stderr());
-                }
-            }
-        }
-    }
-
-    fn stderr(&self) -> String {
-        self.log.lock().expect("log lock").join("\n")
-    }
-
-    /// SIGTERM, then waits (bounded) for the exit; returns the status with every stderr line read.
-    fn terminate(&mut self) -> ExitStatus {
-        let pid = self.child.id().to_string();
-        let sent = Command::new("kill").args(["-TERM", &pid]).status().expect("kill(1) runs");
-        assert!(sent.success(), "kill -TERM {pid} failed");
-        let deadline = Instant::now() + DEADLINE;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "no exit after SIGTERM; stderr:\n{}", self.stderr());
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        if let Some(reader) = self.reader.take() {
-            reader.join().expect("stderr reader");
-        }
-        status
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        // Never leave a server running behind a failed test.
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // A minimal App over HTTP, from robert-proto only (as in robert-server's tests/common).
@@ -316,7 +230,7 @@ fn sigkill_during_declarations_loses_nothing_and_counts_nothing_twice() {
     let http = reqwest::Client::builder().timeout(DEADLINE).build().expect("http client");
 
     // Run 1: register, declare concurrently, SIGKILL after KILL_AFTER answers.
-    let mut server = ServerProcess::start(&["serve", "--config", config_arg]);
+    let mut server = ServerProcess::start(dir.path(), &["serve", "--config", config_arg]);
     let (apps, declarations, outcomes) = rt.block_on(async {
         let mut registering = tokio::task::JoinSet::new();
         for i in 0..APPS {
@@ -390,7 +304,7 @@ fn sigkill_during_declarations_loses_nothing_and_counts_nothing_twice() {
     assert!(!cut.is_empty() || unsent > 0, "the kill came after every declaration: nothing was tested");
 
     // Run 2: the same data directory; the mixer drains what the crash left in the pool.
-    let mut server = ServerProcess::start(&["serve", "--config", config_arg]);
+    let mut server = ServerProcess::start(dir.path(), &["serve", "--config", config_arg]);
     let drained = rt.block_on(async {
         let deadline = Instant::now() + DEADLINE;
         loop {

@@ -1,13 +1,13 @@
 //! `robert phone` end to end against a child `robert serve` (config mode, keys from `robert
 //! keygen`, a health authority from `robert authority keygen`), over real HTTP.
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+mod common;
 
-const DEADLINE: Duration = Duration::from_secs(30);
+use common::{DEADLINE, ServerProcess};
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 fn robert(cwd: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_robert"))
@@ -24,51 +24,8 @@ fn ok(cwd: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).expect("utf-8").trim().to_owned()
 }
 
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(cwd: &Path, config: &str) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_robert"))
-        .current_dir(cwd)
-        .args(["serve", "--config", config])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("robert serve starts");
-    let stderr = child.stderr.take().expect("piped");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            let _ = tx.send(line);
-        }
-    });
-    let marker = "robert: serving the ROBERT API on ";
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(line) => {
-                if let Some(at) = line.find(marker) {
-                    return Server { url: line[at + marker.len()..].trim().to_owned(), child };
-                }
-            }
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("robert serve did not start");
-            }
-        }
-    }
+fn serve(cwd: &Path, config: &str) -> ServerProcess {
+    ServerProcess::start(cwd, &["serve", "--config", config])
 }
 
 fn ntp_now() -> u32 {
