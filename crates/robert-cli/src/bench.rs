@@ -4,16 +4,18 @@
 //!
 //! | subcommand | measures | beside |
 //! |---|---|---|
-//! | `upload` | pairs/s through [`Service::report`] + [`Service::mix_once`] (§6.1, §6.2) | the per-pair crypto floor (SKINNY + AES + HMAC), one core |
-//! | `status` | ESR/s over HTTP, p50/p99 (§7) | `GET /healthz` under the same load and client |
+//! | `upload` | pairs/s through [`Service::report`] + [`Service::mix_once`] (§6.1, §6.2) | the per-pair crypto floor (SKINNY + AES + HMAC; also batched SKINNY, and the key unwrap), one core |
+//! | `status` | ESR/s over HTTP, p50/p99 (§7) | `GET /healthz` under the same load and client; `load_user` and `status_request` alone; the ESR's crypto |
 //! | `register` | registrations/s over HTTP, difficulty 0 (§3.3) | `ServerKeyPair::agree` per second, one thread and every core |
 //! | `storage` | bytes per registered ID, SQLite file and in-memory | – |
 //!
 //! How it is measured, and what that means for the figures:
-//! - **One process, one machine.** The server under test runs in-process on its own tokio runtime
-//!   ([`robert_server::http::run`] on `127.0.0.1:0`, a temporary data directory); the load generator
-//!   runs in the same process and shares the machine's cores with it. A server with the machine to
-//!   itself would do better; the ratios (to the no-op endpoint, to raw ECDH) are the portable part.
+//! - **One process, one machine.** The server under test runs in-process on a tokio runtime with
+//!   one worker per core ([`robert_server::http::run`] on `127.0.0.1:0`, a temporary data
+//!   directory); the load generator runs in the same process and shares the machine's cores with
+//!   it. A server with the machine to itself would do better; the ratios (to the no-op endpoint, to
+//!   raw ECDH) are the portable part. Each line carries the 1-minute load average at the start:
+//!   other work on the machine shows there.
 //! - **The production path.** Default configuration (fsync on, mixer batches of 10 000, T = 8)
 //!   except: proof-of-work difficulty 0, and the flags given. The server's clock is fixed (20 days
 //!   and 10 h 05 min after a service start of 2026-01-01), in the first half of a 96-epoch block, so
@@ -27,8 +29,11 @@
 //!   times, which App sends what). The server's own randomness (day keys K_S, nonces, pool slots)
 //!   comes from the OS, as in production; it changes bytes, not the work done.
 //! - **Load generator.** A minimal HTTP/1.1 keep-alive client on tokio sockets by default
-//!   (`--client raw`), one connection per client, one request in flight each (closed loop);
-//!   `--client reqwest` uses reqwest for comparison. Requests are built before the clock starts.
+//!   (`--client raw`), one connection per client, one request in flight each (closed loop), run
+//!   as tasks on the server's runtime (`--client-threads 0`). `--client reqwest` is there for
+//!   comparison: measured here it caps `GET /healthz` at ~21–29k/s where the raw client reaches
+//!   ~56–79k/s, so with reqwest the benchmark would measure the client. Requests are built before
+//!   the clock starts.
 
 use anyhow::{Context, Result, bail, ensure};
 use clap::{Args, Subcommand, ValueEnum};
@@ -165,9 +170,9 @@ struct LoadArgs {
     /// HTTP client of the load generator.
     #[arg(long, value_enum, default_value_t = ClientKind::Raw)]
     client: ClientKind,
-    /// Worker threads of the load generator's own runtime; 0 runs the clients on the server's
-    /// runtime.
-    #[arg(long, default_value_t = 1)]
+    /// Worker threads of a separate runtime for the load generator; 0 (the default) runs the
+    /// clients as tasks on the server's runtime, so that neither side has cores reserved.
+    #[arg(long, default_value_t = 0)]
     client_threads: usize,
 }
 
@@ -267,14 +272,13 @@ impl Report {
         if let Some(load) = load_average() {
             map.insert("load_1m_at_start".into(), json!(load));
         }
-        map.insert(
-            "setup".into(),
-            json!(format!(
-                "in-process server and load generator on one machine, sharing its {} cores; release build: {}",
-                cores(),
-                !cfg!(debug_assertions)
-            )),
-        );
+        let setup = if bench == "storage" {
+            "storage backends in-process, no HTTP"
+        } else {
+            "in-process server and load generator on one machine, sharing its cores"
+        };
+        map.insert("setup".into(), json!(setup));
+        map.insert("release_build".into(), json!(!cfg!(debug_assertions)));
         Self { bench, context: map }
     }
 
@@ -727,13 +731,24 @@ impl BackendRun for UploadRun<'_> {
             floor.floor_ns,
             "ns",
             json!({"what": "SKINNY decrypt + ECC AES + HMAC-SHA256 verify (pre-keyed), one thread",
-                   "samples": floor.samples}),
+                   "samples": floor.samples, "skinny_decrypt_ns": round(floor.skinny_ns),
+                   "ecc_aes_ns": round(floor.aes_ns), "hmac_verify_ns": round(floor.hmac_ns)}),
         );
         report.figure(
             "crypto_floor_pairs_per_sec_per_core",
             floor_rate,
             "1/s",
             json!({"ratio_of_pairs_per_sec_to_floor_on_all_cores": round(rate / (floor_rate * cores() as f64))}),
+        );
+        let batched = floor.skinny_batched_ns + floor.aes_ns + floor.hmac_ns;
+        report.figure(
+            "crypto_floor_batched_ns_per_pair",
+            batched,
+            "ns",
+            json!({"what": "as crypto_floor_ns_per_pair with SKINNY decrypting 64 EBIDs at a time (bitsliced, \
+                            EbidCipher::decrypt_many, as the mixer does)",
+                   "skinny_decrypt_batched_ns": round(floor.skinny_batched_ns),
+                   "pairs_per_sec_per_core": round(1e9 / batched)}),
         );
         report.figure(
             "key_unwrap_ns_per_pair",
@@ -787,6 +802,10 @@ fn make_pairs<S: Storage>(
 
 struct Floor {
     floor_ns: f64,
+    skinny_ns: f64,
+    skinny_batched_ns: f64,
+    aes_ns: f64,
+    hmac_ns: f64,
     unwrap_ns: f64,
     samples: usize,
 }
@@ -829,6 +848,27 @@ fn crypto_floor<S: Storage>(server: &Server<S>, apps: &[AppKeys], pairs: &[Pair]
             .count()
     });
     ensure!(ok == cases.len(), "the floor's MACs do not verify");
+    // The three parts alone, to say where the floor goes.
+    let (skinny_ns, _) = best(&|| {
+        cases
+            .iter()
+            .filter(|(hello, cipher, _, _, _)| black_box(cipher.decrypt(&hello.ebid())).1.value() != 0)
+            .count()
+    });
+    let (aes_ns, _) = best(&|| {
+        cases
+            .iter()
+            .filter(|(hello, _, _, _, _)| {
+                black_box(fed.decrypt_country(&hello.ebid(), hello.ecc())).value() != 0
+            })
+            .count()
+    });
+    // The mixer decrypts a batch's EBIDs with the bitsliced SKINNY (64 blocks at a time).
+    let ebids: Vec<_> = cases.iter().map(|c| c.0.ebid()).collect();
+    let batch_cipher = &cases.first().context("no pairs")?.1;
+    let (skinny_batched_ns, _) = best(&|| black_box(batch_cipher.decrypt_many(&ebids)).len());
+    let (hmac_ns, _) =
+        best(&|| cases.iter().filter(|(hello, _, auth, _, _)| hello.verify(auth).is_ok()).count());
     let (unwrap_ns, ok) = best(&|| {
         cases
             .iter()
@@ -843,7 +883,7 @@ fn crypto_floor<S: Storage>(server: &Server<S>, apps: &[AppKeys], pairs: &[Pair]
             .count()
     });
     ensure!(ok == cases.len(), "the wrapped keys do not unwrap");
-    Ok(Floor { floor_ns, unwrap_ns, samples: cases.len() })
+    Ok(Floor { floor_ns, skinny_ns, skinny_batched_ns, aes_ns, hmac_ns, unwrap_ns, samples: cases.len() })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -880,10 +920,22 @@ impl BackendRun for StatusRun<'_> {
         let mut apps = rt.block_on(server.populate(args.ids, args.populate, &mut rng))?;
         // Which App asks when: a seeded shuffle.
         rand::seq::SliceRandom::shuffle(apps.as_mut_slice(), &mut rng);
+        // A quarter of the Apps (at most 200 000) are kept apart for the storage diagnostics.
+        let reserved = (apps.len() / 4).min(200_000);
+        let diag: Vec<Id> = apps.split_off(apps.len() - reserved).iter().map(|a| a.id).collect();
+        let crypto_ns = esr_crypto_ns(&server, &apps[..apps.len().min(20_000)])?;
         let t0 = Instant::now();
         let bodies = esr_bodies(&server, &apps)?;
         drop(apps);
         eprintln!("robert bench: built {} ESR bodies in {:.1} s", bodies.len(), t0.elapsed().as_secs_f64());
+
+        // The storage half of an ESR alone, no HTTP, from as many concurrent tasks as clients:
+        // §7 step 5's read, then steps 7-8's check-and-set (each ID once).
+        let limits = if diag.is_empty() {
+            None
+        } else {
+            Some(rt.block_on(storage_limits(&server, diag, args.clients, args.esr_interval))?)
+        };
 
         let running = rt.block_on(server.serve())?;
         let spec = LoadSpec::new(running.addr, args.clients, &args.load);
@@ -911,6 +963,28 @@ impl BackendRun for StatusRun<'_> {
         report.figure("noop_p50_us", noop.percentile(50.0), "us", json!({}));
         report.figure("noop_p99_us", noop.percentile(99.0), "us", json!({}));
         report.figure("esr_to_noop_ratio", ratio, "1", json!({"target": 0.5}));
+        report.figure(
+            "esr_crypto_ns",
+            crypto_ns,
+            "ns",
+            json!({"what": "per ESR, one thread: SKINNY decrypt + AES-256-GCM key unwrap + HMAC pre-keying and \
+                            request-MAC verify (§7 steps 3-6)"}),
+        );
+        if let Some((reads, writes)) = limits {
+            report.figure(
+                "storage_load_user_per_sec",
+                reads,
+                "1/s",
+                json!({"what": "Storage::load_user alone (§7 step 5), concurrent tasks = clients, no HTTP"}),
+            );
+            report.figure(
+                "storage_status_request_per_sec",
+                writes,
+                "1/s",
+                json!({"what": "Storage::status_request alone (§7 steps 7-8, durable), concurrent tasks = clients, \
+                                no HTTP"}),
+            );
+        }
         eprintln!(
             "robert bench status: {:.0} ESR/s (p50 {:.0} µs, p99 {:.0} µs) vs {:.0} no-op/s (p50 {:.0} µs, p99 {:.0} µs): \
              ratio {:.2}; {} clients, {} IDs on {}",
@@ -925,6 +999,12 @@ impl BackendRun for StatusRun<'_> {
             args.ids,
             args.common.storage.name()
         );
+        if let Some((reads, writes)) = limits {
+            eprintln!(
+                "robert bench status: alone, without HTTP: load_user {reads:.0}/s, status_request {writes:.0}/s; \
+                 ESR crypto {crypto_ns:.0} ns on one core"
+            );
+        }
         ensure!(
             !esr_result.exhausted,
             "ran out of Apps after {} ESRs: with T = {} each App asks once; use more --ids or --esr-interval 0",
@@ -935,6 +1015,89 @@ impl BackendRun for StatusRun<'_> {
         drop(server);
         Ok(())
     }
+}
+
+/// The crypto of one ESR on the server (§7 steps 3-6), one thread, best of 5 passes.
+fn esr_crypto_ns<S: Storage>(server: &Server<S>, apps: &[AppKeys]) -> Result<f64> {
+    let epoch = server.now_epoch()?;
+    let cipher = server.cipher_for(epoch)?;
+    let mut cases = Vec::with_capacity(apps.len());
+    for a in apps {
+        let keys = SessionKeys { k_auth: a.k_auth.clone(), k_enc: a.k_enc.clone() };
+        let wrapped = server.secrets.kek.wrap_session_keys(&keys, &a.id.to_be_bytes());
+        let req = AuthRequest::new(
+            &AuthKey::new(&a.k_auth),
+            RequestCode::StatusRequest,
+            cipher.encrypt(epoch, a.id),
+            epoch,
+            server.now,
+        );
+        cases.push((req, wrapped));
+    }
+    let kek = &server.secrets.kek;
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let ok = cases
+            .iter()
+            .filter(|(req, wrapped)| {
+                req.open_ebid(cipher)
+                    .ok()
+                    .and_then(|id| kek.unwrap_session_keys(wrapped, &id.to_be_bytes()).ok())
+                    .is_some_and(|k| {
+                        req.verify_mac(&AuthKey::new(&k.k_auth), RequestCode::StatusRequest).is_ok()
+                    })
+            })
+            .count();
+        ensure!(ok == cases.len(), "an ESR's crypto did not verify");
+        best = best.min(t.elapsed().as_nanos() as f64 / cases.len().max(1) as f64);
+    }
+    Ok(best)
+}
+
+/// `(load_user/s, status_request/s)` from `clients` concurrent tasks, 2 s each, on the server's
+/// runtime: the storage's share of an ESR, without HTTP.
+async fn storage_limits<S: Storage>(
+    server: &Server<S>,
+    ids: Vec<Id>,
+    clients: usize,
+    min_interval: u32,
+) -> Result<(f64, f64)> {
+    let ids = Arc::new(ids);
+    let now = server.now_epoch()?;
+    let period = Duration::from_secs(2);
+    let mut rates = [0.0; 2];
+    for (phase, rate) in rates.iter_mut().enumerate() {
+        let next = Arc::new(AtomicUsize::new(0));
+        let t0 = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..clients {
+            let (ids, next, service) = (ids.clone(), next.clone(), server.service.clone());
+            tasks.spawn(async move {
+                let mut n = 0u64;
+                while t0.elapsed() < period {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let storage = service.storage();
+                    if phase == 0 {
+                        let id = ids[i % ids.len()];
+                        ensure!(storage.load_user(id).await?.is_some(), "a registered ID is missing");
+                    } else {
+                        let Some(&id) = ids.get(i) else { break };
+                        let outcome = storage.status_request(id, now, min_interval, false).await?;
+                        ensure!(
+                            outcome == robert_server::storage::StatusOutcome::Answer { at_risk: false },
+                            "a first ESR was refused"
+                        );
+                    }
+                    n += 1;
+                }
+                Ok::<_, anyhow::Error>(n)
+            });
+        }
+        let n: u64 = join_all(tasks).await?.into_iter().sum();
+        *rate = per_sec(n, t0.elapsed());
+    }
+    Ok((rates[0], rates[1]))
 }
 
 /// One ESR body per App, for the current epoch and time, built on every core.
@@ -1176,20 +1339,8 @@ fn storage(args: &StorageArgs) -> Result<()> {
     let report = Report::new("storage", json!({"seed": args.seed, "ids": args.ids}));
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
 
-    // SQLite: the file after N registrations, minus an empty database's, per ID.
-    let (sqlite_bytes, empty_bytes, insert_time) = rt.block_on(sqlite_size(args.ids, args.seed))?;
-    let per_id = (sqlite_bytes.saturating_sub(empty_bytes)) as f64 / args.ids as f64;
-    report.figure(
-        "sqlite_bytes_per_id",
-        per_id,
-        "B",
-        json!({"what": "robert.db size after N insert_user (keys wrapped as the service does, random 40-bit IDs) \
-                        and a WAL checkpoint, minus an empty database, divided by N",
-               "file_bytes": sqlite_bytes, "empty_file_bytes": empty_bytes, "target": 200,
-               "insert_per_sec": round(per_sec(args.ids as u64, insert_time))}),
-    );
-
-    // Memory: resident-set growth while N users go into MemoryStorage, and the layout estimate.
+    // Memory first, on a fresh heap: resident-set growth while N users go into MemoryStorage,
+    // and the layout estimate.
     let (rss, estimate) = rt.block_on(memory_size(args.ids, args.seed))?;
     report.figure(
         "memory_bytes_per_id_estimate",
@@ -1209,6 +1360,19 @@ fn storage(args: &StorageArgs) -> Result<()> {
             json!({"what": "growth of the process's resident set while inserting N users into MemoryStorage, / N"}),
         );
     }
+
+    // SQLite: the file after N registrations, minus an empty database's, per ID.
+    let (sqlite_bytes, empty_bytes, insert_time) = rt.block_on(sqlite_size(args.ids, args.seed))?;
+    let per_id = (sqlite_bytes.saturating_sub(empty_bytes)) as f64 / args.ids as f64;
+    report.figure(
+        "sqlite_bytes_per_id",
+        per_id,
+        "B",
+        json!({"what": "robert.db size after N insert_user (keys wrapped as the service does, random 40-bit IDs) \
+                        and a WAL checkpoint, minus an empty database, divided by N",
+               "file_bytes": sqlite_bytes, "empty_file_bytes": empty_bytes, "target": 200,
+               "insert_per_sec": round(per_sec(args.ids as u64, insert_time)), "fsync": false}),
+    );
     eprintln!(
         "robert bench storage: {:.0} B/ID in SQLite ({} IDs, {:.1} MB file); in memory {:.0} B/ID estimated{}",
         per_id,
@@ -1223,10 +1387,11 @@ fn storage(args: &StorageArgs) -> Result<()> {
 async fn sqlite_size(n: usize, seed: u64) -> Result<(u64, u64, Duration)> {
     let dir = data_dir()?;
     let empty_path = dir.path().join("empty.db");
-    drop(SqliteStorage::open(&empty_path, true)?);
+    drop(SqliteStorage::open(&empty_path, false)?);
     let empty = file_size(&empty_path)?;
     let path = dir.path().join("robert.db");
-    let storage = Arc::new(SqliteStorage::open(&path, true)?);
+    // fsync off: it changes how long the inserts take, not what the file holds.
+    let storage = Arc::new(SqliteStorage::open(&path, false)?);
     let kek_dir = dir.path().join("keys");
     keystore::keygen(&kek_dir, &mut ChaCha20Rng::seed_from_u64(seed))?;
     let secrets = Arc::new(ServerSecrets::load(&kek_dir)?);
