@@ -1201,6 +1201,10 @@ impl BackendRun for RegisterRun<'_> {
         let one = ecdh_rate(&server.secrets.registration, &publics, 1, Duration::from_secs(2));
         let all = ecdh_rate(&server.secrets.registration, &publics, cores(), Duration::from_secs(2));
 
+        eprintln!(
+            "robert bench: ECDH {one:.0}/s on one thread, {all:.0}/s on {} threads; now registering over HTTP",
+            cores()
+        );
         let running = rt.block_on(server.serve())?;
         // One registration done in full, as an App would (ECDH, opening the list), to check the
         // path the load takes.
