@@ -138,7 +138,7 @@ pub struct ReportsSection {
 
 impl Default for ReportsSection {
     fn default() -> Self {
-        Self { max_contacts: 20_000, mixer_min_batch: 1000, mixer_max_delay_sec: 60, mixer_max_batch: 10_000 }
+        Self { max_contacts: 20_000, mixer_min_batch: 1000, mixer_max_delay_sec: 60, mixer_max_batch: 50_000 }
     }
 }
 

@@ -34,7 +34,7 @@ use robert_proto::{
     AuthKey, AuthRequest, CountryCode, DecodeError, Epoch, EpochSchedule, Id, KAuth, KEnc, NtpTime,
     PublicKey, RequestCode, SessionKeys, UploadRecord,
 };
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -492,17 +492,43 @@ impl<S: Storage> Service<S> {
         {
             return Ok(0);
         }
+        // Pipelined: while storage commits batch n (durably, on its own writer), batch n + 1 is
+        // taken and processed here. Batch n's slots are still in the pool until that commit, so
+        // the take asks for that many more and leaves them out.
         let mut erased = 0;
+        let mut pending: Option<ProcessedBatch> = None;
+        let mut contended = false;
         loop {
-            let batch = self.storage.pool_take(r.mixer_max_batch).await?;
-            if batch.is_empty() {
-                break;
+            let committing = pending.take();
+            let in_flight: HashSet<[u8; 16]> =
+                committing.as_ref().map(|b| b.slots.iter().copied().collect()).unwrap_or_default();
+            let commit = async {
+                match committing {
+                    Some(batch) => self.storage.pool_commit(batch).await.map(Some),
+                    None => Ok(None),
+                }
+            };
+            let next = async {
+                if contended {
+                    return Ok(None);
+                }
+                let mut batch = self.storage.pool_take(r.mixer_max_batch + in_flight.len()).await?;
+                batch.retain(|e| !in_flight.contains(&e.slot));
+                batch.truncate(r.mixer_max_batch);
+                if batch.is_empty() {
+                    return Ok(None);
+                }
+                self.process_batch(batch).await.map(Some)
+            };
+            let (committed, next) = tokio::join!(commit, next);
+            if let Some(n) = committed? {
+                erased += n;
+                // Another mixer holds these: commit what is already processed, then let it finish.
+                contended |= n == 0;
             }
-            let processed = self.process_batch(batch).await?;
-            let n = self.storage.pool_commit(processed).await?;
-            erased += n;
-            if n == 0 {
-                break; // another mixer holds these; let it finish
+            match next? {
+                Some(batch) => pending = Some(batch),
+                None => break,
             }
         }
         *self.pending_since.lock().expect("mixer lock is never poisoned: no panics inside") = None;

@@ -266,8 +266,8 @@ async fn sqlite_keeps_no_uploaded_pair_after_processing() {
     };
     assert_eq!(s.pool_commit(batch).await.expect("commit") as usize, records.len());
 
-    // The WAL scrub runs right after the commit unless a reader holds an old snapshot; give it a
-    // few retries' time.
+    // The WAL scrub runs once the writer is idle (or after at most 2 s of continuous load), unless
+    // a reader holds an old snapshot; give it a few retries' time.
     let mut leaked = usize::MAX;
     for _ in 0..50 {
         let bytes = file_bytes();
