@@ -9,6 +9,7 @@
 //! | [`Service::reset_status`] | §3.2 UN_A "can be reset" (code 6, `reset` token) |
 //! | [`Service::report`], [`Service::mix_once`] | §6.1 (upload), §6.2 steps 1–10 (mixer) |
 //! | [`Service::expire`] | footnote 5 (day keys), footnote 17 (LEE_A), single-use records |
+//! | [`Service::federation`] | §6.2 step 3 and §8: routing to peers; sending and receiving is in [`crate::federation`] |
 //!
 //! Every protocol-check failure is the same [`ServiceError::Rejected`], and the authenticated
 //! requests run their checks without early exit (a storage read and a MAC are always performed)
@@ -121,6 +122,7 @@ pub struct Service<S> {
     mixer_wakeup: tokio::sync::Notify,
     pending_since: Mutex<Option<Instant>>,
     dummy_auth: AuthKey,
+    federation: crate::federation::Federation,
 }
 
 impl<S: Storage> Service<S> {
@@ -128,11 +130,13 @@ impl<S: Storage> Service<S> {
     pub async fn new(
         config: Config,
         service_start: NtpTime,
-        secrets: ServerSecrets,
+        mut secrets: ServerSecrets,
         storage: S,
         authorities: TrustedAuthorities,
         clock: Clock,
     ) -> ServiceResult<Self> {
+        let federation = crate::federation::Federation::new(&config, secrets.federation_signing.take())
+            .map_err(ServiceError::Internal)?;
         let schedule = EpochSchedule::new(service_start, config.protocol.epoch_duration_sec)
             .ok_or_else(|| ServiceError::Internal("epoch duration must be positive".into()))?;
         let day_keys = DayKeys::load(&storage, &secrets.kek).await?;
@@ -148,6 +152,7 @@ impl<S: Storage> Service<S> {
             mixer_wakeup: tokio::sync::Notify::new(),
             pending_since: Mutex::new(None),
             dummy_auth: AuthKey::new(&KAuth::new(rand::random())),
+            federation,
         })
     }
 
@@ -169,6 +174,11 @@ impl<S: Storage> Service<S> {
     /// The metrics registry.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// Federation (§8): peers, routing, delivery state.
+    pub fn federation(&self) -> &crate::federation::Federation {
+        &self.federation
     }
 
     /// The server's current time.
@@ -499,8 +509,12 @@ impl<S: Storage> Service<S> {
                 break;
             }
             let processed = self.process_batch(batch).await?;
+            let forwarded = !processed.outbox.is_empty();
             let n = self.storage.pool_commit(processed).await?;
             erased += n;
+            if forwarded && n > 0 {
+                self.federation.wake(); // §8: the delivery loops have pairs to send
+            }
             if n == 0 {
                 break; // another mixer holds these; let it finish
             }
@@ -532,7 +546,7 @@ impl<S: Storage> Service<S> {
             // Step 3: the country.
             let cc = self.secrets.federation.decrypt_country(&rec.hello.ebid(), rec.hello.ecc());
             if cc.value() != cc_s {
-                if self.config.protocol.peer_countries.contains(&cc.value()) {
+                if self.federation.routes(cc) {
                     out.outbox.push((cc, entry.record.clone(), entry.slot));
                     self.metrics.pair_forwarded();
                 } else {
