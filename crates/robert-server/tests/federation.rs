@@ -395,7 +395,8 @@ async fn forged_unsigned_unknown_and_replayed_batches_change_nothing() {
     r.de.stop().await;
 }
 
-/// Without peers, the endpoint refuses everything (nobody is on the allow-list).
+/// Without peers, the endpoint refuses everything (nobody is on the allow-list); it is in the
+/// OpenAPI document.
 #[tokio::test]
 async fn a_server_without_peers_refuses_batches() {
     let server = TestServer::start(test_config()).await;
@@ -411,5 +412,7 @@ async fn a_server_without_peers_refuses_batches() {
     };
     assert_rejected(server.post("/api/v1/federation/batch", &BatchBody::sign(&batch, &key)).await).await;
     assert_eq!(pool_depth(&server).await, 0);
+    let doc: serde_json::Value = server.get("/openapi.json").await.json().await.expect("json");
+    assert!(doc["paths"]["/api/v1/federation/batch"]["post"]["responses"]["410"].is_object());
     server.stop().await;
 }
