@@ -122,9 +122,17 @@ pub enum BatchDecodeError {
 }
 
 impl Batch {
-    /// The bytes that are signed and sent.
+    /// The bytes that are signed and sent. Records outside 1..=[`MAX_RECORD_LEN`] bytes are left
+    /// out (none can come from the outbox, which holds encoded upload records), and so are any
+    /// beyond [`MAX_BATCH_PAIRS`]: the output always decodes.
     pub fn encode(&self) -> Vec<u8> {
-        let body: usize = self.records.iter().map(|r| 1 + r.len()).sum();
+        let records: Vec<&Vec<u8>> = self
+            .records
+            .iter()
+            .filter(|r| (1..=MAX_RECORD_LEN).contains(&r.len()))
+            .take(MAX_BATCH_PAIRS)
+            .collect();
+        let body: usize = records.iter().map(|r| 1 + r.len()).sum();
         let mut out = Vec::with_capacity(HEADER_LEN + body);
         out.extend_from_slice(&BATCH_MAGIC);
         out.push(self.from.value());
@@ -132,10 +140,9 @@ impl Batch {
         out.extend_from_slice(&self.id.0);
         out.extend_from_slice(&self.seq.to_be_bytes());
         out.extend_from_slice(&self.created.to_be_bytes());
-        out.extend_from_slice(&(self.records.len() as u32).to_be_bytes());
-        for r in &self.records {
-            // Records come from the outbox, which only holds encoded upload records (≤ 21 bytes).
-            out.push(r.len().min(usize::from(u8::MAX)) as u8);
+        out.extend_from_slice(&(records.len() as u32).to_be_bytes());
+        for r in records {
+            out.push(r.len() as u8); // at most MAX_RECORD_LEN (64)
             out.extend_from_slice(r);
         }
         out
@@ -559,7 +566,13 @@ pub async fn delivery_loop<S: Storage>(
         if *stop.borrow() {
             return;
         }
-        let wait = match deliver_once(&svc, peer).await {
+        // Cancelled by shutdown at any point, a delivery leaves the batch pending (or, if the
+        // acknowledgement was already recorded, done): the next start picks it up.
+        let outcome = tokio::select! {
+            outcome = deliver_once(&svc, peer) => outcome,
+            _ = stop.changed() => return,
+        };
+        let wait = match outcome {
             Ok(Delivery::Delivered { .. } | Delivery::Expired) => {
                 backoff = initial;
                 continue;
@@ -640,6 +653,15 @@ mod tests {
         let mut many = bytes;
         many[38..42].copy_from_slice(&(MAX_BATCH_PAIRS as u32 + 1).to_be_bytes());
         assert_eq!(Batch::decode(&many), Err(BatchDecodeError::TooMany));
+    }
+
+    #[test]
+    fn encode_leaves_out_records_that_cannot_be_encoded() {
+        let mut b = sample();
+        b.records.insert(1, Vec::new());
+        b.records.push(vec![9; MAX_RECORD_LEN + 1]);
+        let decoded = Batch::decode(&b.encode()).expect("always decodes");
+        assert_eq!(decoded, sample());
     }
 
     #[test]

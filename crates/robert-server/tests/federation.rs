@@ -38,6 +38,10 @@ fn key_dir(seed: u64, kg_from: Option<&Path>) -> tempfile::TempDir {
     dir
 }
 
+fn read_hex(path: &Path) -> Vec<u8> {
+    hex::decode(std::fs::read_to_string(path).expect("key file").trim()).expect("hex")
+}
+
 fn signing_public(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("keys").join(keystore::FEDERATION_SIGNING_PUBLIC_FILE))
         .expect("public key")
@@ -154,10 +158,23 @@ async fn bernard_and_uta_section_8_story() {
         p.advance(60);
     }
 
+    // Uta also met a traveller from a country that is not Germany's peer (44).
+    let kg = FederationKey::new(&read_hex(&p.de.dir.path().join("keys").join(keystore::FEDERATION_KEY_FILE)))
+        .expect("K_G");
+    let stranger = {
+        let now = p.de.now();
+        let ebid = Ebid::new([0x44; 8]);
+        let ecc = kg.encrypt_country(&ebid, CountryCode::new(44));
+        (Hello::build(&AuthKey::new(&KAuth::new([4; 32])), ecc, ebid, now), now, Some(-50))
+    };
+
     // Uta is diagnosed and uploads in Germany: the German mixer finds France's country code.
-    declare(&p.de, &uta_heard).await;
-    assert_eq!(p.de.mix().await, 15);
+    let mut declared = uta_heard.clone();
+    declared.push(stranger);
+    declare(&p.de, &declared).await;
+    assert_eq!(p.de.mix().await, 16);
     assert_eq!(p.de.service.metrics().counter("pairs_forwarded"), Some(15));
+    assert_eq!(p.de.service.metrics().counter("pairs_dropped_foreign"), Some(1), "unknown country: dropped");
     assert_eq!(p.de.service.metrics().counter("pairs_processed"), Some(0));
     // The German server forwards them; the French server stores them in its pool…
     eventually("France received the 15 pairs", || async { pool_depth(&p.fr).await == 15 }).await;
