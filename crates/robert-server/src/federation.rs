@@ -254,7 +254,8 @@ pub struct Federation {
     /// entry exists for them).
     extra_routable: Vec<u8>,
     signing: Option<BatchSigningKey>,
-    client: reqwest::Client,
+    /// Built only when there are peers (a server without federation never makes one).
+    client: Option<reqwest::Client>,
     wakeup: Notify,
     audit: AuditLog,
     /// The last batch each peer's loop tried, to tell a first send from a retry.
@@ -287,10 +288,15 @@ impl Federation {
                         signing key: create it with `robert keygen --dir DIR --federation-only`"
                 .into());
         }
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(f.request_timeout_sec))
-            .build()
-            .map_err(|e| format!("federation HTTP client: {e}"))?;
+        let client = if peers.is_empty() {
+            None
+        } else {
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(f.request_timeout_sec))
+                .build()
+                .map_err(|e| format!("federation HTTP client: {e}"))?;
+            Some(client)
+        };
         let audit_path = (!f.audit_log.as_os_str().is_empty()).then(|| {
             if f.audit_log.is_relative() {
                 config.server.data_dir.join(&f.audit_log)
@@ -465,7 +471,9 @@ pub enum Delivery {
 /// and the receiver deduplicates it).
 pub async fn deliver_once<S: Storage>(svc: &Service<S>, peer: CountryCode) -> Result<Delivery, ServiceError> {
     let fed = svc.federation();
-    let (Some(target), Some(signing)) = (fed.peers.get(&peer.value()), fed.signing.as_ref()) else {
+    let (Some(target), Some(signing), Some(client)) =
+        (fed.peers.get(&peer.value()), fed.signing.as_ref(), fed.client.as_ref())
+    else {
         return Ok(Delivery::Idle);
     };
     let fresh_id = BatchId(rand::random());
@@ -496,7 +504,7 @@ pub async fn deliver_once<S: Storage>(svc: &Service<S>, peer: CountryCode) -> Re
     }
     let batch = Batch { from: fed.own, to: peer, id, seq, created: NtpTime::new(created), records };
     let body = BatchBody::sign(&batch, signing);
-    let resp = match fed.client.post(&target.endpoint).json(&body).send().await {
+    let resp = match client.post(&target.endpoint).json(&body).send().await {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(peer = peer.value(), error = %without_url(&e), "federation delivery failed");
