@@ -211,11 +211,8 @@ impl Metrics {
         }
         let map = self.federation_peers.read().map(|m| m.clone()).unwrap_or_default();
         let name = "robert_federation_batches_refused_total";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Federation batches refused before authentication.\n# TYPE {name} counter\n{name} {}",
-            self.federation_refused.load(Relaxed)
-        );
+        let _ = writeln!(out, "# HELP {name} Federation batches refused before authentication.");
+        let _ = writeln!(out, "# TYPE {name} counter\n{name} {}", self.federation_refused.load(Relaxed));
         let template = PeerCounters::default();
         for (i, (metric, help, _)) in template.rows().iter().enumerate() {
             let name = format!("robert_federation_{metric}_total");

@@ -130,6 +130,10 @@ async fn at_risk(app: &mut TestApp, server: &TestServer) -> bool {
     resp.json::<StatusResponse>().await.expect("json").at_risk
 }
 
+fn audit_events(audit: &str) -> Vec<serde_json::Value> {
+    audit.lines().map(|l| serde_json::from_str(l).expect("one JSON object per line")).collect()
+}
+
 /// Sum of HELLO counts over every LEE_A row of a server's database.
 fn exposures_in_db(server: &TestServer) -> i64 {
     let conn = rusqlite::Connection::open(server.dir.path().join("robert.db")).expect("open db");
@@ -201,16 +205,18 @@ async fn bernard_and_uta_section_8_story() {
     p.advance(8 * 900);
     assert!(at_risk(&mut uta, &p.de).await, "Uta is notified by the German server");
 
-    // The audit log has batch IDs and counts, never a pair.
+    // The audit log has batch IDs and counts, never a pair: one JSON object per line.
     let audit = std::fs::read_to_string(p.fr.dir.path().join("federation-audit.log")).expect("audit log");
+    let events = audit_events(&audit);
     assert!(
-        audit.lines().any(|l| l.contains("\"event\":\"received\"") && l.contains("\"pairs\":15")),
+        events.iter().any(|e| e["event"] == "received" && e["pairs"] == 15 && e["peer"] == 49),
         "{audit}"
     );
-    assert!(
-        audit.lines().any(|l| l.contains("\"event\":\"acknowledged\"") && l.contains("\"peer\":49")),
-        "{audit}"
-    );
+    assert!(events.iter().any(|e| e["event"] == "acknowledged" && e["peer"] == 49), "{audit}");
+    for e in &events {
+        let keys: Vec<&str> = e.as_object().expect("object").keys().map(String::as_str).collect();
+        assert_eq!(keys, ["batch", "event", "pairs", "peer", "seq", "time"], "{audit}");
+    }
     for (hello, _, _) in uta_heard.iter().chain(&bernard_heard) {
         let bytes = hello.to_bytes();
         assert!(!audit.contains(&hex::encode(bytes)) && !audit.contains(&b64_encode(&bytes)));
@@ -268,11 +274,12 @@ async fn peer_down_then_back_every_pair_arrives_once() {
     assert!(at_risk(&mut uta, &de).await);
     // The audit trail shows five batches, sequence numbers 1 to 5.
     let audit = std::fs::read_to_string(p.fr.dir.path().join("federation-audit.log")).expect("audit");
-    let acked: Vec<&str> = audit.lines().filter(|l| l.contains("\"event\":\"acknowledged\"")).collect();
-    assert_eq!(acked.len(), 5, "{audit}");
-    for (i, line) in acked.iter().enumerate() {
-        assert!(line.contains(&format!("\"seq\":{}", i + 1)), "in order: {audit}");
-    }
+    let acked: Vec<u64> = audit_events(&audit)
+        .iter()
+        .filter(|e| e["event"] == "acknowledged")
+        .map(|e| e["seq"].as_u64().expect("seq"))
+        .collect();
+    assert_eq!(acked, [1, 2, 3, 4, 5], "five batches, acknowledged in order: {audit}");
     p.fr.stop().await;
     de.stop().await;
 }
