@@ -286,7 +286,9 @@ pub trait Storage: Send + Sync + 'static {
     ///
     /// Atomic across replicas: concurrent calls for one country all return the same batch; a pair
     /// is in exactly one place (outbox or one pending batch) at any time, so none is lost or sent in
-    /// two batches. `max` is at least 1.
+    /// two batches. `max` is at least 1. (SQL sketch: one pending row per country with the country
+    /// as primary key; take the country's sequence row `FOR UPDATE` first, or retry the
+    /// transaction when inserting the pending row conflicts, then return the row that won.)
     fn federation_next_batch(
         &self,
         country: CountryCode,
