@@ -260,11 +260,11 @@ async fn peer_down_then_back_every_pair_arrives_once() {
     let listener = tokio::net::TcpListener::bind(de_addr.as_str()).await.expect("rebind the same address");
     let mut de_config = country_config(DE, FR, &p.fr.url, signing_public(p.fr.dir.path()));
     de_config.federation.max_batch_pairs = 4;
-    let de = TestServer::start_on(de_config, de_dir, listener).await;
-    de.set_now(p.fr.now());
+    let de = TestServer::start_on_at(de_config, de_dir, listener, p.fr.now()).await;
     eventually("France's outbox drained", || async { outbox_depth(&p.fr).await == 0 }).await;
     assert_eq!(fr_to_de.batches_acknowledged.get(), 5, "18 pairs in batches of at most 4");
     assert_eq!(fr_to_de.pairs_acknowledged.get(), 18);
+    assert_eq!(fr_to_de.batches_rejected.get(), 0, "an outage is not a refusal");
     let from_fr = de.service.metrics().federation_peer(FR);
     assert_eq!(from_fr.pairs_received.get(), 18);
     assert_eq!(pool_depth(&de).await, 18);

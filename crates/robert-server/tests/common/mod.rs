@@ -59,10 +59,17 @@ impl TestServer {
 
     /// Starts a server on the keys already in `dir/keys` and the database (if any) in `dir`,
     /// serving on `listener`; its data directory is `dir` (the federation audit log goes there).
-    pub async fn start_on(
+    pub async fn start_on(config: Config, dir: tempfile::TempDir, listener: tokio::net::TcpListener) -> Self {
+        let now = service_start().seconds() + 10 * 86_400;
+        Self::start_on_at(config, dir, listener, NtpTime::new(now)).await
+    }
+
+    /// [`TestServer::start_on`] with the clock reading `now`.
+    pub async fn start_on_at(
         mut config: Config,
         dir: tempfile::TempDir,
         listener: tokio::net::TcpListener,
+        now: NtpTime,
     ) -> Self {
         config.server.data_dir = dir.path().to_path_buf();
         let key_dir = dir.path().join("keys");
@@ -71,7 +78,7 @@ impl TestServer {
         let mut trusted = TrustedAuthorities::new();
         trusted.add_public_key_pem(&authority.public_key_pem()).expect("pem");
         let storage = SqliteStorage::open(&dir.path().join("robert.db"), config.storage.fsync).expect("db");
-        let clock = Arc::new(AtomicU32::new(service_start().seconds() + 10 * 86_400));
+        let clock = Arc::new(AtomicU32::new(now.seconds()));
         let c = clock.clone();
         let clock_fn: Clock = Arc::new(move || NtpTime::new(c.load(Ordering::SeqCst)));
         let service = Arc::new(
