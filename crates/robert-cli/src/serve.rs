@@ -63,6 +63,9 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
         }
         keystore::keygen(&key_dir, &mut rand::rng())?;
         eprintln!("robert: created DEVELOPMENT server keys in {}", key_dir.display());
+    } else if dev_mode && !key_dir.join(keystore::FEDERATION_SIGNING_KEY_FILE).exists() {
+        keystore::keygen_federation_signing(&key_dir, &mut rand::rng())?;
+        eprintln!("robert: created a DEVELOPMENT federation signing key in {}", key_dir.display());
     }
     let secrets = ServerSecrets::load(&key_dir)?;
 
@@ -193,19 +196,31 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Arguments of `robert keygen`.
 #[derive(Debug, Args)]
 pub struct KeygenArgs {
-    /// Directory to write the server keys into (K_G, sk_S and pk_S, the key-encryption key).
-    /// Refuses to overwrite existing keys.
+    /// Directory to write the server keys into (K_G, sk_S and pk_S, the key-encryption key, the
+    /// federation signing key and its public key). Refuses to overwrite existing keys.
     #[arg(long)]
     dir: PathBuf,
+    /// Only create the federation signing key (Ed25519, §8) in a key directory made before
+    /// federation existed; the other keys are left as they are.
+    #[arg(long)]
+    federation_only: bool,
 }
 
 /// Runs `robert keygen`.
 pub fn keygen(args: &KeygenArgs) -> Result<()> {
-    keystore::keygen(&args.dir, &mut rand::rng())?;
+    if args.federation_only {
+        keystore::keygen_federation_signing(&args.dir, &mut rand::rng())?;
+    } else {
+        keystore::keygen(&args.dir, &mut rand::rng())?;
+        eprintln!(
+            "robert: wrote server keys to {} (pk_S for apps to pin: {})",
+            args.dir.display(),
+            args.dir.join(keystore::REGISTRATION_PUBLIC_FILE).display()
+        );
+    }
     eprintln!(
-        "robert: wrote server keys to {} (pk_S for apps to pin: {})",
-        args.dir.display(),
-        args.dir.join(keystore::REGISTRATION_PUBLIC_FILE).display()
+        "robert: federation signing public key for peers' [[federation.peers]] public_key: {}",
+        args.dir.join(keystore::FEDERATION_SIGNING_PUBLIC_FILE).display()
     );
     Ok(())
 }

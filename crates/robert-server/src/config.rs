@@ -24,6 +24,8 @@ pub struct Config {
     pub authorities: AuthoritiesSection,
     /// Storage backend.
     pub storage: StorageSection,
+    /// Federation with other countries' servers (§8): peers, batching, retries, audit log.
+    pub federation: FederationSection,
 }
 
 /// `[server]`.
@@ -233,6 +235,61 @@ pub enum StorageBackend {
     Memory,
 }
 
+/// `[federation]` (§8, `docs/federation.md`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FederationSection {
+    /// Most pairs in one outbound batch. Default 5000: a batch of ~115 KB of JSON, well under any
+    /// peer's body limit (1 MiB by default), and few round trips for a day of a country's uploads.
+    pub max_batch_pairs: usize,
+    /// First retry delay after a failed delivery, milliseconds; doubled after each failure.
+    /// Default 1000.
+    pub retry_initial_ms: u64,
+    /// Longest retry delay, milliseconds. Default 300 000 (5 min): a peer back from an outage is
+    /// served within minutes, and a peer down for days costs a request every 5 minutes.
+    pub retry_max_ms: u64,
+    /// How long to wait for a peer's answer, seconds. Default 30.
+    pub request_timeout_sec: u64,
+    /// Batches created more than this long ago (by the sender's clock) are refused as expired,
+    /// seconds; the receiver remembers every batch ID for this long, so a replay inside the window
+    /// is recognised and one outside it is refused. Default 1 209 600 (14 days = CT: older pairs
+    /// can no longer matter, §6.2 and footnote 17).
+    pub replay_window_sec: u32,
+    /// Append-only audit log of batches sent and received (IDs and counts, never contents), one
+    /// JSON line per event. Relative to the data directory. Default `federation-audit.log`; empty
+    /// to log the events only through `tracing` (target `robert::federation::audit`).
+    pub audit_log: PathBuf,
+    /// The peers: other countries' servers this one exchanges pairs with.
+    pub peers: Vec<PeerSection>,
+}
+
+impl Default for FederationSection {
+    fn default() -> Self {
+        Self {
+            max_batch_pairs: 5000,
+            retry_initial_ms: 1000,
+            retry_max_ms: 300_000,
+            request_timeout_sec: 30,
+            replay_window_sec: 14 * 86_400,
+            audit_log: PathBuf::from("federation-audit.log"),
+            peers: Vec::new(),
+        }
+    }
+}
+
+/// One `[[federation.peers]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerSection {
+    /// The peer's country code (CC of §3.1): pairs whose ECC decrypts to it are sent there.
+    pub country_code: u8,
+    /// The peer's base URL (`https://…`); batches go to `{url}/api/v1/federation/batch`.
+    pub url: String,
+    /// The peer's Ed25519 public key, hex (its `federation-signing-public.hex`): batches it sends
+    /// are accepted only under this key.
+    pub public_key: String,
+}
+
 /// A configuration error, with the file and the reason.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -308,6 +365,42 @@ impl Config {
         }
         if self.registration.challenge_ttl_sec == 0 {
             return bad("registration.challenge_ttl_sec must be at least 1");
+        }
+        self.validate_federation()
+    }
+
+    fn validate_federation(&self) -> Result<(), ConfigError> {
+        let f = &self.federation;
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if f.max_batch_pairs == 0 || f.max_batch_pairs > crate::federation::MAX_BATCH_PAIRS {
+            return bad(format!(
+                "federation.max_batch_pairs must be in 1..={}",
+                crate::federation::MAX_BATCH_PAIRS
+            ));
+        }
+        if f.retry_initial_ms == 0 || f.retry_max_ms < f.retry_initial_ms {
+            return bad("federation: need 0 < retry_initial_ms <= retry_max_ms".into());
+        }
+        if f.request_timeout_sec == 0 || f.replay_window_sec == 0 {
+            return bad("federation.request_timeout_sec and replay_window_sec must be at least 1".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, peer) in f.peers.iter().enumerate() {
+            if peer.country_code == self.protocol.country_code {
+                return bad(format!("federation.peers[{i}]: country_code is this server's own"));
+            }
+            if !seen.insert(peer.country_code) {
+                return bad(format!(
+                    "federation.peers[{i}]: country_code {} listed twice",
+                    peer.country_code
+                ));
+            }
+            if !(peer.url.starts_with("http://") || peer.url.starts_with("https://")) {
+                return bad(format!("federation.peers[{i}].url must start with http:// or https://"));
+            }
+            if crate::federation::parse_public_key(&peer.public_key).is_none() {
+                return bad(format!("federation.peers[{i}].public_key must be 64 hex digits (Ed25519)"));
+            }
         }
         Ok(())
     }

@@ -4,6 +4,7 @@
 //! Nothing here logs or returns an identifier, a key, a token or a client address: rejections are
 //! the uniform `403 {"error":"rejected"}`, malformed input a problem document naming the field.
 
+use crate::federation::{BatchBody, ReceiveError};
 use crate::metrics::{ENDPOINTS, Gauges};
 use crate::service::{Service, ServiceError};
 use crate::storage::Storage;
@@ -127,6 +128,7 @@ fn endpoint_index(path: &str) -> Option<usize> {
         "/metrics" => "metrics",
         "/healthz" => "healthz",
         "/openapi.json" => "openapi",
+        crate::federation::BATCH_PATH => "federation_batch",
         _ => return None,
     };
     ENDPOINTS.iter().position(|e| *e == name)
@@ -156,6 +158,7 @@ pub fn router<S: Storage>(service: Arc<Service<S>>) -> Router {
         .route("/api/v1/report", post(report::<S>))
         .route("/api/v1/unregister", post(unregister::<S>))
         .route("/api/v1/delete-history", post(delete_history::<S>))
+        .route(crate::federation::BATCH_PATH, post(federation_batch::<S>))
         .route("/metrics", get(metrics::<S>))
         .route("/healthz", get(healthz))
         .route("/openapi.json", get(openapi))
@@ -244,7 +247,34 @@ async fn metrics<S: Storage>(State(svc): Svc<S>) -> Result<impl IntoResponse, Se
         pool_depth: s.pool_depth,
         outbox_depth: s.outbox_depth,
     });
+    let depths: Vec<(u8, u64)> =
+        svc.storage().federation_depths().await?.into_iter().map(|(cc, n)| (cc.value(), n)).collect();
+    let peers: Vec<u8> = svc.federation().peers().iter().map(|cc| cc.value()).collect();
+    let text = text + &svc.metrics().render_federation(&peers, &depths);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
+}
+
+impl IntoResponse for ReceiveError {
+    fn into_response(self) -> Response {
+        match self {
+            ReceiveError::Malformed { field, reason } => {
+                problem(StatusCode::BAD_REQUEST, "Bad Request", reason, Some(field.to_owned()))
+            }
+            ReceiveError::Rejected => ServiceError::Rejected.into_response(),
+            ReceiveError::Expired => {
+                problem(StatusCode::GONE, "Gone", "batch older than the replay window; drop it".into(), None)
+            }
+            ReceiveError::Internal(detail) => ServiceError::Internal(detail).into_response(),
+        }
+    }
+}
+
+/// `POST /api/v1/federation/batch` (§8, `docs/federation.md`).
+async fn federation_batch<S: Storage>(
+    State(svc): Svc<S>,
+    ApiJson(body): ApiJson<BatchBody>,
+) -> Result<impl IntoResponse, ReceiveError> {
+    Ok(Json(crate::federation::receive(&svc, &body).await?))
 }
 
 async fn healthz() -> &'static str {

@@ -1,5 +1,6 @@
 //! Background jobs, owned and stoppable (STYLE §4): the mixer (§6.1–6.2) and the per-epoch upkeep
-//! (day keys ahead of need, expiry of LEE_A, used tokens and old day keys: footnotes 5 and 17).
+//! (day keys ahead of need, expiry of LEE_A, used tokens and old day keys: footnotes 5 and 17), and
+//! one federation delivery loop per configured peer (§8).
 
 use crate::service::Service;
 use crate::storage::Storage;
@@ -10,7 +11,13 @@ use tokio::task::JoinHandle;
 
 /// Starts the jobs; each stops when `stop` turns true.
 pub fn spawn<S: Storage>(service: Arc<Service<S>>, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
-    vec![tokio::spawn(mixer(service.clone(), stop.clone())), tokio::spawn(upkeep(service, stop))]
+    let mut jobs = Vec::new();
+    for peer in service.federation().peers() {
+        jobs.push(tokio::spawn(crate::federation::delivery_loop(service.clone(), peer, stop.clone())));
+    }
+    jobs.push(tokio::spawn(mixer(service.clone(), stop.clone())));
+    jobs.push(tokio::spawn(upkeep(service, stop)));
+    jobs
 }
 
 async fn mixer<S: Storage>(service: Arc<Service<S>>, mut stop: watch::Receiver<bool>) {

@@ -26,6 +26,10 @@ pub const REGISTRATION_KEY_FILE: &str = "registration-key.hex";
 pub const REGISTRATION_PUBLIC_FILE: &str = "registration-public.hex";
 /// The key-encryption key.
 pub const KEK_FILE: &str = "kek.hex";
+/// The Ed25519 seed that signs this server's federation batches (§8; `docs/federation.md`).
+pub const FEDERATION_SIGNING_KEY_FILE: &str = "federation-signing-key.hex";
+/// Its public key (not secret): peers list it in their `[[federation.peers]]`.
+pub const FEDERATION_SIGNING_PUBLIC_FILE: &str = "federation-signing-public.hex";
 
 /// Key-store errors. Never carry key material.
 #[derive(Debug, thiserror::Error)]
@@ -57,11 +61,11 @@ pub enum KeyError {
     Storage(#[from] crate::storage::StorageError),
 }
 
-/// Writes fresh K_G (AES-256), sk_S and KEK into `dir` (created if needed, files mode 0600).
-/// Refuses to overwrite: losing these keys loses every registration.
+/// Writes fresh K_G (AES-256), sk_S, KEK and the federation signing key into `dir` (created if
+/// needed, files mode 0600). Refuses to overwrite: losing these keys loses every registration.
 pub fn keygen(dir: &Path, rng: &mut (impl rand_core::CryptoRng + ?Sized)) -> Result<(), KeyError> {
     std::fs::create_dir_all(dir).map_err(|source| KeyError::Io { path: dir.to_owned(), source })?;
-    for f in [FEDERATION_KEY_FILE, REGISTRATION_KEY_FILE, KEK_FILE] {
+    for f in [FEDERATION_KEY_FILE, REGISTRATION_KEY_FILE, KEK_FILE, FEDERATION_SIGNING_KEY_FILE] {
         let p = dir.join(f);
         if p.exists() {
             return Err(KeyError::Exists(p));
@@ -76,7 +80,75 @@ pub fn keygen(dir: &Path, rng: &mut (impl rand_core::CryptoRng + ?Sized)) -> Res
     let public = dir.join(REGISTRATION_PUBLIC_FILE);
     std::fs::write(&public, format!("{}\n", hex::encode(pair.public_key().as_bytes())))
         .map_err(|source| KeyError::Io { path: public, source })?;
+    keygen_federation_signing(dir, rng)
+}
+
+/// Writes a fresh federation signing key (Ed25519 seed, mode 0600) and its public key into `dir`
+/// (§8). Refuses to overwrite. `robert keygen` calls it; on its own it equips a key directory made
+/// before federation existed (`robert keygen --dir D --federation-only`).
+pub fn keygen_federation_signing(
+    dir: &Path,
+    rng: &mut (impl rand_core::CryptoRng + ?Sized),
+) -> Result<(), KeyError> {
+    std::fs::create_dir_all(dir).map_err(|source| KeyError::Io { path: dir.to_owned(), source })?;
+    let path = dir.join(FEDERATION_SIGNING_KEY_FILE);
+    if path.exists() {
+        return Err(KeyError::Exists(path));
+    }
+    let seed = SecretBytes::<32>::random(rng);
+    let key = BatchSigningKey::from_seed(seed.expose_secret())
+        .ok_or(KeyError::Invalid { path: path.clone(), reason: "Ed25519 seed rejected" })?;
+    write_secret(&path, seed.expose_secret())?;
+    let public = dir.join(FEDERATION_SIGNING_PUBLIC_FILE);
+    std::fs::write(&public, format!("{}\n", hex::encode(key.public_key())))
+        .map_err(|source| KeyError::Io { path: public, source })?;
     Ok(())
+}
+
+/// This server's federation signing key (§8): Ed25519 (aws-lc-rs), signing outbound batches.
+/// The seed lives only inside AWS-LC (freed and cleansed with the key); `Debug` prints nothing of it.
+pub struct BatchSigningKey {
+    pair: aws_lc_rs::signature::Ed25519KeyPair,
+}
+
+impl BatchSigningKey {
+    fn from_seed(seed: &[u8]) -> Option<Self> {
+        aws_lc_rs::signature::Ed25519KeyPair::from_seed_unchecked(seed).ok().map(|pair| Self { pair })
+    }
+
+    /// Loads `dir/federation-signing-key.hex`; `Ok(None)` if the file does not exist.
+    pub fn load(dir: &Path) -> Result<Option<Self>, KeyError> {
+        let path = dir.join(FEDERATION_SIGNING_KEY_FILE);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let seed = read_secret(&path)?;
+        if seed.len() != 32 {
+            return Err(KeyError::Invalid { path, reason: "the federation signing key must be 32 bytes" });
+        }
+        Self::from_seed(&seed).map(Some).ok_or(KeyError::Invalid { path, reason: "Ed25519 seed rejected" })
+    }
+
+    /// Signs `message` (a whole encoded batch).
+    pub fn sign(&self, message: &[u8]) -> [u8; 64] {
+        let mut out = [0u8; 64];
+        out.copy_from_slice(self.pair.sign(message).as_ref());
+        out
+    }
+
+    /// The public key, 32 bytes (RFC 8032 encoding).
+    pub fn public_key(&self) -> [u8; 32] {
+        use aws_lc_rs::signature::KeyPair;
+        let mut out = [0u8; 32];
+        out.copy_from_slice(self.pair.public_key().as_ref());
+        out
+    }
+}
+
+impl fmt::Debug for BatchSigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BatchSigningKey([redacted])")
+    }
 }
 
 fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
@@ -185,6 +257,9 @@ pub struct ServerSecrets {
     pub kek: Kek,
     /// Keys the proof-of-work challenges' MAC (derived from the KEK, so replicas agree).
     pub challenge_key: aws_lc_rs::hmac::Key,
+    /// Signs outbound federation batches (§8); `None` in a key directory made before federation
+    /// (a server with peers then refuses to start).
+    pub federation_signing: Option<BatchSigningKey>,
 }
 
 impl ServerSecrets {
@@ -203,7 +278,8 @@ impl ServerSecrets {
         let kek = Kek::new(&kek_bytes).ok_or_else(|| invalid(KEK_FILE, "the KEK must be 32 bytes"))?;
         let derived = Zeroizing::new(hmac_sha256(&kek_bytes, b"robert proof-of-work challenges"));
         let challenge_key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &derived[..]);
-        Ok(Self { federation, registration, kek, challenge_key })
+        let federation_signing = BatchSigningKey::load(dir)?;
+        Ok(Self { federation, registration, kek, challenge_key, federation_signing })
     }
 }
 
@@ -322,11 +398,18 @@ mod tests {
         let public = std::fs::read_to_string(dir.path().join(REGISTRATION_PUBLIC_FILE)).expect("public");
         assert_eq!(public.trim(), hex::encode(s.registration.public_key().as_bytes()));
         assert!(matches!(keygen(dir.path(), &mut rand::rng()), Err(KeyError::Exists(_))));
+        let signing = s.federation_signing.as_ref().expect("keygen makes the federation signing key");
+        let public = std::fs::read_to_string(dir.path().join(FEDERATION_SIGNING_PUBLIC_FILE)).expect("pub");
+        assert_eq!(public.trim(), hex::encode(signing.public_key()));
+        assert_eq!(format!("{signing:?}"), "BatchSigningKey([redacted])");
+        assert!(matches!(keygen_federation_signing(dir.path(), &mut rand::rng()), Err(KeyError::Exists(_))));
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.path().join(KEK_FILE)).expect("meta").permissions().mode();
-            assert_eq!(mode & 0o777, 0o600);
+            for f in [KEK_FILE, FEDERATION_SIGNING_KEY_FILE] {
+                let mode = std::fs::metadata(dir.path().join(f)).expect("meta").permissions().mode();
+                assert_eq!(mode & 0o777, 0o600);
+            }
         }
     }
 

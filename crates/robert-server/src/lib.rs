@@ -11,7 +11,8 @@
 //! | [`keystore`] | the server's secrets (§3.1): K_G, (sk_S, pk_S), the key-encryption key, each day's K_S |
 //! | [`token`] | health-authority tokens (§6.1 footnote 11) |
 //! | [`http`] | the HTTP API v1 (DESIGN §4), error mapping, metrics endpoint |
-//! | [`jobs`] | the background mixer and the per-epoch upkeep |
+//! | [`federation`] | §8: batches of pairs between countries' servers (format, signature, receiving, delivery, audit) |
+//! | [`jobs`] | the background mixer, the per-epoch upkeep, the federation delivery loops |
 //! | [`config`] | every tunable, with its default and reason |
 //! | [`metrics`] | Prometheus counters (no identifiers) |
 //!
@@ -20,6 +21,7 @@
 //! check failure is the same uniform rejection.
 
 pub mod config;
+pub mod federation;
 pub mod http;
 pub mod jobs;
 pub mod keystore;

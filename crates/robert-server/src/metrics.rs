@@ -3,12 +3,14 @@
 //! Hand-rolled on atomics (a fixed set of endpoints and outcomes) rather than a metrics framework:
 //! the hot paths pay one relaxed atomic add per observation and nothing else.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 /// The HTTP endpoints, as metric labels.
-pub const ENDPOINTS: [&str; 13] = [
+pub const ENDPOINTS: [&str; 14] = [
     "clock",
     "server_key",
     "challenge",
@@ -22,9 +24,10 @@ pub const ENDPOINTS: [&str; 13] = [
     "metrics",
     "healthz",
     "openapi",
+    "federation_batch",
 ];
 
-const STATUSES: [u16; 11] = [200, 201, 202, 204, 400, 403, 404, 413, 415, 429, 500];
+const STATUSES: [u16; 12] = [200, 201, 202, 204, 400, 403, 404, 410, 413, 415, 429, 500];
 /// Latency histogram bucket upper bounds, seconds.
 const BUCKETS: [f64; 12] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0];
 
@@ -48,6 +51,77 @@ pub struct Metrics {
     pairs_rejected: AtomicU64,
     pairs_forwarded: AtomicU64,
     pairs_dropped_foreign: AtomicU64,
+    federation_peers: RwLock<BTreeMap<u8, Arc<PeerCounters>>>,
+    federation_refused: AtomicU64,
+}
+
+/// A monotonic counter.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds one.
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Relaxed);
+    }
+    /// Adds `n`.
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Relaxed);
+    }
+    /// The value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+/// Federation counters of one peer country (§8), as sender and as receiver.
+#[derive(Debug, Default)]
+pub struct PeerCounters {
+    /// Batches sent to the peer for the first time (by this process).
+    pub batches_sent: Counter,
+    /// Re-sends of a batch not yet acknowledged.
+    pub batches_retried: Counter,
+    /// Batches the peer acknowledged (then erased here).
+    pub batches_acknowledged: Counter,
+    /// Answers refusing a batch (4xx other than 410, or no valid acknowledgement).
+    pub batches_rejected: Counter,
+    /// Batches the peer refused as older than its replay window (dropped).
+    pub batches_expired: Counter,
+    /// Pairs in acknowledged batches.
+    pub pairs_acknowledged: Counter,
+    /// Batches received from the peer and stored.
+    pub batches_received: Counter,
+    /// Repeated batches from the peer (answered, not stored again).
+    pub batches_duplicate: Counter,
+    /// Batches from the peer refused as older than the replay window.
+    pub batches_expired_in: Counter,
+    /// Pairs received from the peer into the pool.
+    pub pairs_received: Counter,
+}
+
+impl PeerCounters {
+    fn rows(&self) -> [(&'static str, &'static str, &Counter); 10] {
+        [
+            ("batches_sent", "Batches sent to the peer for the first time.", &self.batches_sent),
+            ("batches_retried", "Re-sends of unacknowledged batches.", &self.batches_retried),
+            ("batches_acknowledged", "Batches the peer acknowledged.", &self.batches_acknowledged),
+            ("batches_rejected", "Batches the peer refused (will be retried).", &self.batches_rejected),
+            ("batches_expired", "Batches the peer refused as expired (dropped).", &self.batches_expired),
+            ("pairs_acknowledged", "Pairs in batches the peer acknowledged.", &self.pairs_acknowledged),
+            ("batches_received", "Batches received from the peer and stored.", &self.batches_received),
+            (
+                "batches_duplicate",
+                "Repeated batches from the peer (not stored again).",
+                &self.batches_duplicate,
+            ),
+            (
+                "batches_received_expired",
+                "Batches from the peer refused as expired.",
+                &self.batches_expired_in,
+            ),
+            ("pairs_received", "Pairs received from the peer into the pool.", &self.pairs_received),
+        ]
+    }
 }
 
 /// Gauges read from storage at scrape time.
@@ -111,6 +185,53 @@ impl Metrics {
         self.pairs_dropped_foreign.fetch_add(1, Relaxed);
     }
 
+    /// The federation counters of peer country `cc` (created on first use).
+    pub fn federation_peer(&self, cc: u8) -> Arc<PeerCounters> {
+        if let Some(c) = self.federation_peers.read().ok().and_then(|m| m.get(&cc).cloned()) {
+            return c;
+        }
+        match self.federation_peers.write() {
+            Ok(mut m) => m.entry(cc).or_default().clone(),
+            Err(_) => Arc::new(PeerCounters::default()),
+        }
+    }
+
+    /// A federation batch was refused before its sender was authenticated (unknown sender, bad
+    /// signature, wrong destination, clock far ahead).
+    pub fn federation_refused(&self) {
+        self.federation_refused.fetch_add(1, Relaxed);
+    }
+
+    /// The federation metrics (Prometheus text): per-peer counters for `peers` (and any peer seen),
+    /// and `depths`, the pairs not yet acknowledged per peer country.
+    pub fn render_federation(&self, peers: &[u8], depths: &[(u8, u64)]) -> String {
+        let mut out = String::with_capacity(2048);
+        for cc in peers {
+            let _ = self.federation_peer(*cc);
+        }
+        let map = self.federation_peers.read().map(|m| m.clone()).unwrap_or_default();
+        let name = "robert_federation_batches_refused_total";
+        let _ = writeln!(out, "# HELP {name} Federation batches refused before authentication.");
+        let _ = writeln!(out, "# TYPE {name} counter\n{name} {}", self.federation_refused.load(Relaxed));
+        let template = PeerCounters::default();
+        for (i, (metric, help, _)) in template.rows().iter().enumerate() {
+            let name = format!("robert_federation_{metric}_total");
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (cc, c) in &map {
+                let _ = writeln!(out, "{name}{{peer=\"{cc}\"}} {}", c.rows()[i].2.get());
+            }
+        }
+        let name = "robert_federation_outbox_depth";
+        let _ =
+            writeln!(out, "# HELP {name} Pairs not yet acknowledged, per peer country.\n# TYPE {name} gauge");
+        let mut all: BTreeMap<u8, u64> = map.keys().map(|cc| (*cc, 0)).collect();
+        all.extend(depths.iter().copied());
+        for (cc, d) in all {
+            let _ = writeln!(out, "{name}{{peer=\"{cc}\"}} {d}");
+        }
+        out
+    }
+
     /// Counter values by name (for tests and benchmarks).
     pub fn counter(&self, name: &str) -> Option<u64> {
         let c = match name {
@@ -122,6 +243,7 @@ impl Metrics {
             "pairs_rejected" => &self.pairs_rejected,
             "pairs_forwarded" => &self.pairs_forwarded,
             "pairs_dropped_foreign" => &self.pairs_dropped_foreign,
+            "federation_batches_refused" => &self.federation_refused,
             _ => return None,
         };
         Some(c.load(Relaxed))
@@ -230,5 +352,20 @@ mod tests {
         assert!(text.contains("robert_notifications_total 1"));
         assert!(text.contains("robert_registered_ids 5"));
         assert_eq!(m.counter("notifications"), Some(1));
+    }
+
+    #[test]
+    fn renders_federation_per_peer() {
+        let m = Metrics::default();
+        m.federation_peer(49).batches_sent.inc();
+        m.federation_peer(49).batches_retried.add(2);
+        m.federation_refused();
+        let text = m.render_federation(&[39, 49], &[(49, 7)]);
+        assert!(text.contains("robert_federation_batches_sent_total{peer=\"49\"} 1"), "{text}");
+        assert!(text.contains("robert_federation_batches_retried_total{peer=\"49\"} 2"), "{text}");
+        assert!(text.contains("robert_federation_batches_sent_total{peer=\"39\"} 0"), "{text}");
+        assert!(text.contains("robert_federation_outbox_depth{peer=\"49\"} 7"), "{text}");
+        assert!(text.contains("robert_federation_outbox_depth{peer=\"39\"} 0"), "{text}");
+        assert!(text.contains("robert_federation_batches_refused_total 1"), "{text}");
     }
 }

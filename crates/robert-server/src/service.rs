@@ -9,6 +9,7 @@
 //! | [`Service::reset_status`] | §3.2 UN_A "can be reset" (code 6, `reset` token) |
 //! | [`Service::report`], [`Service::mix_once`] | §6.1 (upload), §6.2 steps 1–10 (mixer) |
 //! | [`Service::expire`] | footnote 5 (day keys), footnote 17 (LEE_A), single-use records |
+//! | [`Service::federation`] | §6.2 step 3 and §8: routing to peers; sending and receiving is in [`crate::federation`] |
 //!
 //! Every protocol-check failure is the same [`ServiceError::Rejected`], and the authenticated
 //! requests run their checks without early exit (a storage read and a MAC are always performed)
@@ -121,6 +122,7 @@ pub struct Service<S> {
     mixer_wakeup: tokio::sync::Notify,
     pending_since: Mutex<Option<Instant>>,
     dummy_auth: AuthKey,
+    federation: crate::federation::Federation,
 }
 
 impl<S: Storage> Service<S> {
@@ -128,11 +130,13 @@ impl<S: Storage> Service<S> {
     pub async fn new(
         config: Config,
         service_start: NtpTime,
-        secrets: ServerSecrets,
+        mut secrets: ServerSecrets,
         storage: S,
         authorities: TrustedAuthorities,
         clock: Clock,
     ) -> ServiceResult<Self> {
+        let federation = crate::federation::Federation::new(&config, secrets.federation_signing.take())
+            .map_err(ServiceError::Internal)?;
         let schedule = EpochSchedule::new(service_start, config.protocol.epoch_duration_sec)
             .ok_or_else(|| ServiceError::Internal("epoch duration must be positive".into()))?;
         let day_keys = DayKeys::load(&storage, &secrets.kek).await?;
@@ -148,6 +152,7 @@ impl<S: Storage> Service<S> {
             mixer_wakeup: tokio::sync::Notify::new(),
             pending_since: Mutex::new(None),
             dummy_auth: AuthKey::new(&KAuth::new(rand::random())),
+            federation,
         })
     }
 
@@ -169,6 +174,11 @@ impl<S: Storage> Service<S> {
     /// The metrics registry.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// Federation (§8): peers, routing, delivery state.
+    pub fn federation(&self) -> &crate::federation::Federation {
+        &self.federation
     }
 
     /// The server's current time.
@@ -504,13 +514,20 @@ impl<S: Storage> Service<S> {
                 committing.as_ref().map(|b| b.slots.iter().copied().collect()).unwrap_or_default();
             let commit = async {
                 match committing {
-                    Some(batch) => self.storage.pool_commit(batch).await.map(Some),
+                    Some(batch) => {
+                        let forwarded = !batch.outbox.is_empty();
+                        let n = self.storage.pool_commit(batch).await?;
+                        if forwarded && n > 0 {
+                            self.federation.wake(); // §8: the delivery loops have pairs to send
+                        }
+                        Ok::<_, ServiceError>(Some(n))
+                    }
                     None => Ok(None),
                 }
             };
             let next = async {
                 if contended {
-                    return Ok(None);
+                    return Ok::<_, ServiceError>(None);
                 }
                 let mut batch = self.storage.pool_take(r.mixer_max_batch + in_flight.len()).await?;
                 batch.retain(|e| !in_flight.contains(&e.slot));
@@ -558,7 +575,7 @@ impl<S: Storage> Service<S> {
             // Step 3: the country.
             let cc = self.secrets.federation.decrypt_country(&rec.hello.ebid(), rec.hello.ecc());
             if cc.value() != cc_s {
-                if self.config.protocol.peer_countries.contains(&cc.value()) {
+                if self.federation.routes(cc) {
                     out.outbox.push((cc, entry.record.clone(), entry.slot));
                     self.metrics.pair_forwarded();
                 } else {

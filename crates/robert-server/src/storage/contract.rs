@@ -21,7 +21,8 @@
 //! data is derived deterministically; no randomness, no clock.
 
 use super::{
-    ExpiryStats, Exposure, PoolEntry, ProcessedBatch, Stats, StatusOutcome, Storage, TokenUse, UserRecord,
+    ExpiryStats, Exposure, OutboundBatch, PoolEntry, ProcessedBatch, Stats, StatusOutcome, Storage, TokenUse,
+    UserRecord,
 };
 use robert_proto::{CountryCode, Epoch, Id};
 use std::future::{Future, poll_fn};
@@ -63,6 +64,10 @@ pub async fn run_all<S: Storage>(make: impl Fn() -> S) {
         stats_counts,
         concurrent_status_requests_answer_once,
         concurrent_writes_are_exclusive,
+        federation_batches_in_outbox_order,
+        federation_pending_batch_is_stable,
+        federation_batch_done_is_exact,
+        federation_concurrent_sealing_agrees,
     );
 }
 
@@ -812,4 +817,105 @@ pub async fn concurrent_writes_are_exclusive<S: Storage>(s: &S) {
     let erased: u64 = join_all(commits).await.into_iter().map(|r| r.expect("pool_commit")).sum();
     assert_eq!(erased, 3, "each slot erased by one mixer");
     assert_eq!(must_load(s, a).await.exposures, vec![exposure(4, 3, -30, 3)]);
+}
+
+// -------------------------------------------------------------------------------------------
+// Federation (§8): the outbox, pending batches, sequence numbers.
+
+const DE: CountryCode = CountryCode::new(49);
+const IT: CountryCode = CountryCode::new(39);
+
+/// Puts pairs `ns` in the outbox for `cc` through the pool and one mixer commit, in that order.
+async fn to_outbox<S: Storage>(s: &S, cc: CountryCode, ns: &[u32]) {
+    declare(s, &format!("outbox-{}-{}", cc.value(), ns[0]), ns).await;
+    let batch = ProcessedBatch {
+        slots: ns.iter().map(|&n| slot(n)).collect(),
+        exposures: Vec::new(),
+        outbox: ns.iter().map(|&n| (cc, record(n), slot(n))).collect(),
+    };
+    assert_eq!(s.pool_commit(batch).await.expect("pool_commit"), ns.len() as u64);
+}
+
+async fn next<S: Storage>(s: &S, cc: CountryCode, max: usize, fresh: u8, now: u32) -> Option<OutboundBatch> {
+    s.federation_next_batch(cc, max, [fresh; 16], now).await.expect("federation_next_batch")
+}
+
+async fn depths<S: Storage>(s: &S) -> Vec<(u8, u64)> {
+    let d = s.federation_depths().await.expect("federation_depths");
+    d.into_iter().map(|(cc, n)| (cc.value(), n)).collect()
+}
+
+/// `federation_next_batch` seals the oldest `max` pairs of the country, in outbox order, with
+/// sequence numbers 1, 2, …; other countries' pairs stay; `None` when nothing is left.
+pub async fn federation_batches_in_outbox_order<S: Storage>(s: &S) {
+    assert_eq!(next(s, DE, 10, 1, 100).await, None, "empty outbox: no batch");
+    to_outbox(s, DE, &[1, 2, 3]).await;
+    to_outbox(s, IT, &[10]).await;
+    to_outbox(s, DE, &[4, 5]).await;
+    assert_eq!(depths(s).await, vec![(39, 1), (49, 5)]);
+    let b = next(s, DE, 4, 1, 100).await.expect("a batch");
+    assert_eq!(
+        (b.country, b.id, b.seq, b.created),
+        (DE, [1; 16], 1, 100),
+        "fresh ID, creation time and first sequence number"
+    );
+    assert_eq!(b.records, vec![record(1), record(2), record(3), record(4)], "oldest first, bounded by max");
+    assert_eq!(depths(s).await, vec![(39, 1), (49, 5)], "pending pairs still count until done");
+    assert_eq!(stats(s).await.outbox_depth, 6);
+    assert!(s.federation_batch_done(DE, [1; 16]).await.expect("done"));
+    let b = next(s, DE, 4, 2, 200).await.expect("the rest");
+    assert_eq!((b.id, b.seq, b.records.clone()), ([2; 16], 2, vec![record(5)]));
+    assert!(s.federation_batch_done(DE, [2; 16]).await.expect("done"));
+    assert_eq!(next(s, DE, 4, 3, 300).await, None, "all of DE's pairs sent");
+    assert_eq!(depths(s).await, vec![(39, 1)], "a country with nothing left is omitted");
+    let it = next(s, IT, 4, 4, 300).await.expect("IT's batch");
+    assert_eq!((it.seq, it.records), (1, vec![record(10)]), "sequence numbers are per country");
+    // Sequence numbers are never reused, even once every batch is done.
+    assert!(s.federation_batch_done(IT, [4; 16]).await.expect("done"));
+    to_outbox(s, DE, &[6]).await;
+    assert_eq!(next(s, DE, 4, 5, 400).await.expect("batch").seq, 3);
+    assert_eq!(stats(s).await.outbox_depth, 1);
+}
+
+/// A pending batch is returned unchanged (same ID, sequence, time, records) until it is done,
+/// even when more pairs arrive and another fresh ID is offered.
+pub async fn federation_pending_batch_is_stable<S: Storage>(s: &S) {
+    to_outbox(s, DE, &[1, 2]).await;
+    let first = next(s, DE, 10, 1, 100).await.expect("batch");
+    to_outbox(s, DE, &[3]).await;
+    let again = next(s, DE, 10, 2, 999).await.expect("batch");
+    assert_eq!(again, first, "the pending batch, not a new one");
+    assert!(s.federation_batch_done(DE, first.id).await.expect("done"));
+    let b = next(s, DE, 10, 3, 1000).await.expect("batch");
+    assert_eq!((b.id, b.records), ([3; 16], vec![record(3)]), "later pairs go in the next batch");
+}
+
+/// `federation_batch_done` erases only the pending batch of that country with that ID; it is
+/// idempotent and changes nothing otherwise.
+pub async fn federation_batch_done_is_exact<S: Storage>(s: &S) {
+    assert!(!s.federation_batch_done(DE, [1; 16]).await.expect("done"), "nothing pending");
+    to_outbox(s, DE, &[1]).await;
+    to_outbox(s, IT, &[2]).await;
+    let de = next(s, DE, 10, 1, 100).await.expect("batch");
+    assert!(!s.federation_batch_done(DE, [9; 16]).await.expect("done"), "another ID");
+    assert!(!s.federation_batch_done(IT, de.id).await.expect("done"), "another country");
+    assert_eq!(next(s, DE, 10, 2, 100).await, Some(de.clone()), "still pending");
+    assert!(s.federation_batch_done(DE, de.id).await.expect("done"));
+    assert!(!s.federation_batch_done(DE, de.id).await.expect("done"), "idempotent");
+    assert_eq!(depths(s).await, vec![(39, 1)]);
+}
+
+/// Concurrent sealing for one country (replicas) returns one batch to everyone: no pair is in two
+/// batches, none is lost.
+pub async fn federation_concurrent_sealing_agrees<S: Storage>(s: &S) {
+    to_outbox(s, DE, &(1..=30).collect::<Vec<_>>()).await;
+    let calls = (0..10u8).map(|n| s.federation_next_batch(DE, 20, [n + 1; 16], 100)).collect();
+    let batches: Vec<OutboundBatch> = join_all(calls)
+        .await
+        .into_iter()
+        .map(|r| r.expect("federation_next_batch").expect("a batch"))
+        .collect();
+    assert!(batches.iter().all(|b| *b == batches[0]), "every caller got the same batch");
+    assert_eq!(batches[0].records.len(), 20);
+    assert_eq!(depths(s).await, vec![(49, 30)], "no pair lost or duplicated");
 }

@@ -13,8 +13,8 @@
 //! fails with [`StorageError::Backend`] instead of working on a half-updated state.
 
 use super::{
-    ExpiryStats, Exposure, PoolEntry, ProcessedBatch, Result, Stats, StatusOutcome, Storage, StorageError,
-    TokenUse, UserRecord,
+    ExpiryStats, Exposure, OutboundBatch, PoolEntry, ProcessedBatch, Result, Stats, StatusOutcome, Storage,
+    StorageError, TokenUse, UserRecord,
 };
 use robert_proto::{CountryCode, Epoch, Id};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -39,7 +39,12 @@ struct State {
     /// `jti` → expiry (Unix seconds).
     used_tokens: HashMap<String, u64>,
     server_keys: BTreeMap<u32, Vec<u8>>,
+    /// Federation outbox, in the order pairs entered it.
     outbox: Vec<(CountryCode, Vec<u8>)>,
+    /// The pending batch of each country (at most one).
+    pending: BTreeMap<CountryCode, OutboundBatch>,
+    /// The last sequence number used per country.
+    last_seq: HashMap<CountryCode, u64>,
 }
 
 /// The in-memory reference backend. See the [module docs](self).
@@ -282,6 +287,58 @@ impl Storage for MemoryStorage {
         Ok(state.server_keys.iter().map(|(day, wrapped)| (*day, wrapped.clone())).collect())
     }
 
+    async fn federation_next_batch(
+        &self,
+        country: CountryCode,
+        max: usize,
+        fresh_id: [u8; 16],
+        now: u32,
+    ) -> Result<Option<OutboundBatch>> {
+        let mut state = self.lock()?;
+        if let Some(b) = state.pending.get(&country) {
+            return Ok(Some(b.clone()));
+        }
+        let mut records = Vec::new();
+        let mut kept = Vec::with_capacity(state.outbox.len());
+        for (cc, record) in std::mem::take(&mut state.outbox) {
+            if cc == country && records.len() < max.max(1) {
+                records.push(record);
+            } else {
+                kept.push((cc, record));
+            }
+        }
+        state.outbox = kept;
+        if records.is_empty() {
+            return Ok(None);
+        }
+        let seq = state.last_seq.get(&country).copied().unwrap_or(0) + 1;
+        state.last_seq.insert(country, seq);
+        let batch = OutboundBatch { country, id: fresh_id, seq, created: now, records };
+        state.pending.insert(country, batch.clone());
+        Ok(Some(batch))
+    }
+
+    async fn federation_batch_done(&self, country: CountryCode, id: [u8; 16]) -> Result<bool> {
+        let mut state = self.lock()?;
+        if state.pending.get(&country).is_some_and(|b| b.id == id) {
+            state.pending.remove(&country);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    async fn federation_depths(&self) -> Result<Vec<(CountryCode, u64)>> {
+        let state = self.lock()?;
+        let mut depths: BTreeMap<CountryCode, u64> = BTreeMap::new();
+        for (cc, _) in &state.outbox {
+            *depths.entry(*cc).or_default() += 1;
+        }
+        for (cc, b) in &state.pending {
+            *depths.entry(*cc).or_default() += b.records.len() as u64;
+        }
+        Ok(depths.into_iter().collect())
+    }
+
     async fn pool_depth(&self) -> Result<u64> {
         Ok(self.lock()?.pool.len() as u64)
     }
@@ -291,7 +348,9 @@ impl Storage for MemoryStorage {
         Ok(Stats {
             users: state.users.len() as u64,
             pool_depth: state.pool.len() as u64,
-            outbox_depth: state.outbox.len() as u64,
+            outbox_depth: (state.outbox.len()
+                + state.pending.values().map(|b| b.records.len()).sum::<usize>())
+                as u64,
         })
     }
 }

@@ -14,7 +14,9 @@
 //!   identifier, no token, no IP, no arrival time: nothing links two pairs, §6.1);
 //! - used token `jti`s until they expire (single use, DESIGN §4);
 //! - each day's K_S, wrapped, until CT days after its day (§3.1 footnote 5);
-//! - the federation outbox (§8): pairs for another country, until delivered.
+//! - the federation outbox (§8): pairs for another country, then the batch they are sealed in
+//!   (one pending batch per country), until the peer acknowledges it; each country's batch
+//!   sequence counter.
 //!
 //! Every write is durable when its future resolves: a request is answered only after its write
 //! reached the disk.
@@ -128,6 +130,34 @@ pub struct ProcessedBatch {
     pub outbox: Vec<(CountryCode, Vec<u8>, [u8; 16])>,
 }
 
+/// A batch of outbox pairs sealed for one peer (§8), pending until that peer acknowledges it.
+///
+/// Its `Debug` shows the header and the number of pairs, never a pair.
+#[derive(Clone, PartialEq, Eq)]
+pub struct OutboundBatch {
+    /// The peer's country.
+    pub country: CountryCode,
+    /// The batch ID (drawn by the caller that sealed it).
+    pub id: [u8; 16],
+    /// Sequence number of the batch for this country: 1, 2, … with no gap and no reuse.
+    pub seq: u64,
+    /// When it was sealed (NTP seconds, as passed by the caller that sealed it).
+    pub created: u32,
+    /// The encoded upload records, in the order they entered the outbox.
+    pub records: Vec<Vec<u8>>,
+}
+
+impl std::fmt::Debug for OutboundBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutboundBatch")
+            .field("country", &self.country.value())
+            .field("seq", &self.seq)
+            .field("created", &self.created)
+            .field("pairs", &self.records.len())
+            .finish_non_exhaustive()
+    }
+}
+
 /// Counters for metrics (no identifiers).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -135,7 +165,7 @@ pub struct Stats {
     pub users: u64,
     /// Pairs waiting in the pool.
     pub pool_depth: u64,
-    /// Pairs waiting in the federation outbox.
+    /// Pairs not yet acknowledged by a federation peer: in the outbox or in a pending batch.
     pub outbox_depth: u64,
 }
 
@@ -204,6 +234,10 @@ pub trait Storage: Send + Sync + 'static {
 
     /// A declaration (§6.1): atomically spends `token` and adds every entry to the pool. Returns
     /// `false` (and stores nothing) if the `jti` was already used.
+    ///
+    /// Federation (§8) receives a peer's batch through this method too, with `jti` =
+    /// `fed:<country>:<batch id>`: the batch's pairs join the pool and its ID is remembered in one
+    /// transaction, so a repeated batch stores nothing twice.
     fn submit_report(
         &self,
         token: TokenUse,
@@ -238,6 +272,44 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Pairs waiting in the pool (cheap: the mixer asks every second).
     fn pool_depth(&self) -> impl Future<Output = Result<u64>> + Send;
+
+    /// Federation (§8): the batch to send to `country` next.
+    ///
+    /// - If a batch for `country` is pending (sealed, not yet done), returns it unchanged (same ID,
+    ///   sequence number, creation time and records, in the same order): a sender retries the same
+    ///   batch until the peer acknowledges it, and one batch per country is in flight at a time.
+    /// - Otherwise, if the outbox holds pairs for `country`, atomically moves the oldest `max` of
+    ///   them (in outbox order, the order `pool_commit` added them) out of the outbox into a new
+    ///   pending batch with ID `fresh_id`, creation time `now`, and the country's next sequence
+    ///   number (1 for its first batch; never reused, even after the batch is done), and returns it.
+    /// - Otherwise returns `None` and changes nothing.
+    ///
+    /// Atomic across replicas: concurrent calls for one country all return the same batch; a pair
+    /// is in exactly one place (outbox or one pending batch) at any time, so none is lost or sent in
+    /// two batches. `max` is at least 1. (SQL sketch: one pending row per country with the country
+    /// as primary key; take the country's sequence row `FOR UPDATE` first, or retry the
+    /// transaction when inserting the pending row conflicts, then return the row that won.)
+    fn federation_next_batch(
+        &self,
+        country: CountryCode,
+        max: usize,
+        fresh_id: [u8; 16],
+        now: u32,
+    ) -> impl Future<Output = Result<Option<OutboundBatch>>> + Send;
+
+    /// Federation (§8): the pending batch `id` of `country` was acknowledged by the peer (or
+    /// refused as expired): erases it and its pairs. Returns `true` if it was pending; `false`, and
+    /// nothing changes, if no pending batch of `country` has this ID (already done, or another
+    /// country's). Idempotent.
+    fn federation_batch_done(
+        &self,
+        country: CountryCode,
+        id: [u8; 16],
+    ) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Federation (§8): pairs not yet acknowledged per country (outbox plus pending batch), for
+    /// the per-peer metrics. Countries with none are omitted; ascending by country code.
+    fn federation_depths(&self) -> impl Future<Output = Result<Vec<(CountryCode, u64)>>> + Send;
 
     /// Counters for metrics (may scan tables: not for hot paths).
     fn stats(&self) -> impl Future<Output = Result<Stats>> + Send;

@@ -35,10 +35,10 @@
 //! never an ID or key bytes.
 
 use super::{
-    ExpiryStats, Exposure, PoolEntry, ProcessedBatch, Result, Stats, StatusOutcome, Storage, StorageError,
-    TokenUse, UserRecord,
+    ExpiryStats, Exposure, OutboundBatch, PoolEntry, ProcessedBatch, Result, Stats, StatusOutcome, Storage,
+    StorageError, TokenUse, UserRecord,
 };
-use robert_proto::{Epoch, Id};
+use robert_proto::{CountryCode, Epoch, Id};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -122,6 +122,21 @@ const MIGRATIONS: &[&str] = &[
          seq INTEGER PRIMARY KEY,
          cc INTEGER NOT NULL,
          record BLOB NOT NULL
+     );",
+    // 2: federation (§8). One pending batch per peer country (its records: len(1) ‖ record, in
+    // outbox order), and each country's last batch sequence number.
+    "CREATE INDEX outbox_by_cc ON outbox (cc, seq);
+     CREATE TABLE fed_pending (
+         cc INTEGER PRIMARY KEY,
+         batch_id BLOB NOT NULL,
+         seq INTEGER NOT NULL,
+         created INTEGER NOT NULL,
+         pairs INTEGER NOT NULL,
+         records BLOB NOT NULL
+     );
+     CREATE TABLE fed_sequence (
+         cc INTEGER PRIMARY KEY,
+         last_seq INTEGER NOT NULL
      );",
 ];
 
@@ -762,6 +777,41 @@ fn spend_token(conn: &Connection, token: &TokenUse) -> rusqlite::Result<bool> {
     Ok(stmt.execute(params![token.jti, unix_sql(token.expires_unix)])? == 1)
 }
 
+/// Records of a pending batch as stored: `len(1) ‖ record`, concatenated.
+fn pack_records(records: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(records.iter().map(|r| r.len() + 1).sum());
+    for r in records {
+        out.push(r.len().min(255) as u8);
+        out.extend_from_slice(&r[..r.len().min(255)]);
+    }
+    out
+}
+
+fn unpack_records(mut packed: &[u8]) -> Option<Vec<Vec<u8>>> {
+    let mut out = Vec::new();
+    while let Some((&len, rest)) = packed.split_first() {
+        let record = rest.get(..usize::from(len))?;
+        out.push(record.to_vec());
+        packed = &rest[usize::from(len)..];
+    }
+    Some(out)
+}
+
+/// A `fed_pending` row as stored.
+type PendingRow = (Vec<u8>, i64, i64, Vec<u8>);
+
+fn pending_from_sql(country: CountryCode, row: PendingRow) -> Result<OutboundBatch> {
+    let (id, seq, created, records) = row;
+    let bad = || StorageError::Backend("stored federation batch malformed".into());
+    Ok(OutboundBatch {
+        country,
+        id: <[u8; 16]>::try_from(id).map_err(|_| bad())?,
+        seq: u64::try_from(seq).map_err(|_| bad())?,
+        created: u32::try_from(created).map_err(|_| bad())?,
+        records: unpack_records(&records).ok_or_else(bad)?,
+    })
+}
+
 /// What `status_request` decided, before the conversion to [`StatusOutcome`].
 enum Decision {
     Reject,
@@ -1055,6 +1105,97 @@ impl Storage for SqliteStorage {
         .await
     }
 
+    async fn federation_next_batch(
+        &self,
+        country: CountryCode,
+        max: usize,
+        fresh_id: [u8; 16],
+        now: u32,
+    ) -> Result<Option<OutboundBatch>> {
+        let limit = i64::try_from(max.max(1)).unwrap_or(i64::MAX);
+        let cc = country.value();
+        // A write command even when it only reads: the check and the sealing are one step.
+        let row = self
+            .write("federation next batch", true, move |conn| {
+                let select = "SELECT batch_id, seq, created, records FROM fed_pending WHERE cc = ?1";
+                let pending: Option<PendingRow> = conn
+                    .prepare_cached(select)?
+                    .query_row([cc], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                    .optional()?;
+                if pending.is_some() {
+                    return Ok(pending);
+                }
+                let taken: Vec<(i64, Vec<u8>)> = {
+                    let mut stmt = conn.prepare_cached(
+                        "SELECT seq, record FROM outbox WHERE cc = ?1 ORDER BY seq LIMIT ?2",
+                    )?;
+                    let rows = stmt.query_map(params![cc, limit], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                    rows.collect::<rusqlite::Result<_>>()?
+                };
+                let Some((last, _)) = taken.last() else {
+                    return Ok(None);
+                };
+                conn.prepare_cached("DELETE FROM outbox WHERE cc = ?1 AND seq <= ?2")?
+                    .execute(params![cc, last])?;
+                let seq: i64 = conn
+                    .prepare_cached(
+                        "INSERT INTO fed_sequence (cc, last_seq) VALUES (?1, 1)
+                         ON CONFLICT (cc) DO UPDATE SET last_seq = last_seq + 1
+                         RETURNING last_seq",
+                    )?
+                    .query_row([cc], |r| r.get(0))?;
+                let records: Vec<Vec<u8>> = taken.into_iter().map(|(_, r)| r).collect();
+                let packed = pack_records(&records);
+                conn.prepare_cached(
+                    "INSERT INTO fed_pending (cc, batch_id, seq, created, pairs, records)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?
+                .execute(params![
+                    cc,
+                    &fresh_id[..],
+                    seq,
+                    now,
+                    records.len() as i64,
+                    packed
+                ])?;
+                Ok(Some((fresh_id.to_vec(), seq, i64::from(now), packed)))
+            })
+            .await?;
+        row.map(|r| pending_from_sql(country, r)).transpose()
+    }
+
+    async fn federation_batch_done(&self, country: CountryCode, id: [u8; 16]) -> Result<bool> {
+        self.write("federation batch done", true, move |conn| {
+            let n = conn
+                .prepare_cached("DELETE FROM fed_pending WHERE cc = ?1 AND batch_id = ?2")?
+                .execute(params![country.value(), &id[..]])?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn federation_depths(&self) -> Result<Vec<(CountryCode, u64)>> {
+        let rows: Vec<(i64, i64)> = self
+            .read("federation depths", |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT cc, sum(n) FROM (
+                         SELECT cc, count(*) AS n FROM outbox GROUP BY cc
+                         UNION ALL SELECT cc, pairs AS n FROM fed_pending
+                     ) GROUP BY cc HAVING sum(n) > 0 ORDER BY cc",
+                )?;
+                let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                rows.collect()
+            })
+            .await?;
+        rows.into_iter()
+            .map(|(cc, n)| {
+                let cc = u8::try_from(cc)
+                    .map_err(|_| StorageError::Backend("stored country code out of range".into()))?;
+                Ok((CountryCode::new(cc), u64::try_from(n).unwrap_or(0)))
+            })
+            .collect()
+    }
+
     async fn pool_depth(&self) -> Result<u64> {
         let n: i64 = self
             .read("pool depth", |conn| {
@@ -1069,7 +1210,8 @@ impl Storage for SqliteStorage {
             .read("stats", |conn| {
                 conn.prepare_cached(
                     "SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM pool),
-                            (SELECT count(*) FROM outbox)",
+                            (SELECT count(*) FROM outbox)
+                              + (SELECT coalesce(sum(pairs), 0) FROM fed_pending)",
                 )?
                 .query_row([], |row| {
                     Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))

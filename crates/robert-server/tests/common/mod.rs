@@ -52,14 +52,33 @@ impl TestServer {
     /// Starts a server whose clock reads `start + 10 days` (epoch 960 with 15-minute epochs).
     pub async fn start(config: Config) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
+        keystore::keygen(&dir.path().join("keys"), &mut ChaCha20Rng::seed_from_u64(1)).expect("keygen");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Self::start_on(config, dir, listener).await
+    }
+
+    /// Starts a server on the keys already in `dir/keys` and the database (if any) in `dir`,
+    /// serving on `listener`; its data directory is `dir` (the federation audit log goes there).
+    pub async fn start_on(config: Config, dir: tempfile::TempDir, listener: tokio::net::TcpListener) -> Self {
+        let now = service_start().seconds() + 10 * 86_400;
+        Self::start_on_at(config, dir, listener, NtpTime::new(now)).await
+    }
+
+    /// [`TestServer::start_on`] with the clock reading `now`.
+    pub async fn start_on_at(
+        mut config: Config,
+        dir: tempfile::TempDir,
+        listener: tokio::net::TcpListener,
+        now: NtpTime,
+    ) -> Self {
+        config.server.data_dir = dir.path().to_path_buf();
         let key_dir = dir.path().join("keys");
-        keystore::keygen(&key_dir, &mut ChaCha20Rng::seed_from_u64(1)).expect("keygen");
         let secrets = ServerSecrets::load(&key_dir).expect("keys");
         let authority = AuthorityKey::generate(&mut ChaCha20Rng::seed_from_u64(2));
         let mut trusted = TrustedAuthorities::new();
         trusted.add_public_key_pem(&authority.public_key_pem()).expect("pem");
         let storage = SqliteStorage::open(&dir.path().join("robert.db"), config.storage.fsync).expect("db");
-        let clock = Arc::new(AtomicU32::new(service_start().seconds() + 10 * 86_400));
+        let clock = Arc::new(AtomicU32::new(now.seconds()));
         let c = clock.clone();
         let clock_fn: Clock = Arc::new(move || NtpTime::new(c.load(Ordering::SeqCst)));
         let service = Arc::new(
@@ -68,7 +87,6 @@ impl TestServer {
                 .expect("service"),
         );
         service.prepare_day_keys().await.expect("day keys");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let handle = tokio::spawn(robert_server::http::run(listener, service.clone(), async {
@@ -84,6 +102,18 @@ impl TestServer {
             shutdown: Some(tx),
             handle: Some(handle),
         }
+    }
+
+    /// Stops the server gracefully and hands back its directory (keys, database) for a restart.
+    pub async fn stop_keeping_data(mut self) -> tempfile::TempDir {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            h.await.expect("join").expect("server ran");
+        }
+        drop(self.service);
+        self.dir
     }
 
     pub fn now(&self) -> NtpTime {
