@@ -186,6 +186,9 @@ pub struct Kek {
     key: LessSafeKey,
 }
 
+/// Length of what [`Kek::wrap_session_keys`] returns: nonce ‖ K_auth ‖ K_enc encrypted ‖ tag.
+pub const WRAPPED_SESSION_KEYS_LEN: usize = NONCE_LEN + 64 + 16;
+
 impl Kek {
     fn new(bytes: &[u8]) -> Option<Self> {
         UnboundKey::new(&AES_256_GCM, bytes).ok().map(|k| Self { key: LessSafeKey::new(k) })
@@ -424,5 +427,13 @@ mod tests {
         assert!(kek.unwrap(&t, b"id-1").is_err());
         assert!(kek.unwrap(&w[..10], b"id-1").is_err());
         assert_eq!(format!("{kek:?}"), "Kek([redacted])");
+    }
+
+    #[test]
+    fn wrapped_session_keys_have_the_published_length() {
+        use robert_proto::{KAuth, KEnc, SessionKeys};
+        let kek = Kek::new(&[7; 32]).expect("32 bytes");
+        let keys = SessionKeys { k_auth: KAuth::new([1; 32]), k_enc: KEnc::new([2; 32]) };
+        assert_eq!(kek.wrap_session_keys(&keys, b"id").len(), WRAPPED_SESSION_KEYS_LEN);
     }
 }

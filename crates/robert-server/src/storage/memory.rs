@@ -16,13 +16,38 @@ use super::{
     ExpiryStats, Exposure, OutboundBatch, PoolEntry, ProcessedBatch, Result, Stats, StatusOutcome, Storage,
     StorageError, TokenUse, UserRecord,
 };
+use crate::keystore::WRAPPED_SESSION_KEYS_LEN as WRAPPED_LEN;
 use robert_proto::{CountryCode, Epoch, Id};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
 
-/// One registered ID (§3.2).
+/// A user's wrapped keys: inline at the keystore's length (one allocation per user, not two),
+/// boxed otherwise (the trait does not fix the length).
+enum WrappedKeys {
+    Inline([u8; WRAPPED_LEN]),
+    Other(Box<[u8]>),
+}
+
+impl WrappedKeys {
+    fn new(bytes: Vec<u8>) -> Self {
+        match <[u8; WRAPPED_LEN]>::try_from(bytes.as_slice()) {
+            Ok(inline) => Self::Inline(inline),
+            Err(_) => Self::Other(bytes.into_boxed_slice()),
+        }
+    }
+
+    fn to_vec(&self) -> Vec<u8> {
+        match self {
+            Self::Inline(bytes) => bytes.to_vec(),
+            Self::Other(bytes) => bytes.to_vec(),
+        }
+    }
+}
+
+/// One registered ID (§3.2). Boxed in the table: the table's buckets (a power of two, up to half
+/// empty) then hold 16 bytes each, and the user its own allocation.
 struct User {
-    wrapped_keys: Vec<u8>,
+    wrapped_keys: WrappedKeys,
     notified: bool,
     acknowledged: bool,
     last_status_epoch: Option<Epoch>,
@@ -32,7 +57,7 @@ struct User {
 
 #[derive(Default)]
 struct State {
-    users: HashMap<Id, User>,
+    users: HashMap<Id, Box<User>>,
     /// Slot → encoded upload record. A `HashMap` iterates in an order that depends on a per-process
     /// random seed, never on insertion order.
     pool: HashMap<[u8; 16], Vec<u8>>,
@@ -84,13 +109,13 @@ impl Storage for MemoryStorage {
         }
         state.users.insert(
             id,
-            User {
-                wrapped_keys,
+            Box::new(User {
+                wrapped_keys: WrappedKeys::new(wrapped_keys),
                 notified: false,
                 acknowledged: false,
                 last_status_epoch: None,
                 exposures: BTreeMap::new(),
-            },
+            }),
         );
         Ok(true)
     }
@@ -107,7 +132,7 @@ impl Storage for MemoryStorage {
     async fn load_user(&self, id: Id) -> Result<Option<UserRecord>> {
         let state = self.lock()?;
         Ok(state.users.get(&id).map(|user| UserRecord {
-            wrapped_keys: user.wrapped_keys.clone(),
+            wrapped_keys: user.wrapped_keys.to_vec(),
             notified: user.notified,
             acknowledged: user.acknowledged,
             last_status_epoch: user.last_status_epoch,
@@ -123,7 +148,7 @@ impl Storage for MemoryStorage {
             .filter(|id| seen.insert(*id))
             .filter_map(|id| {
                 let user = state.users.get(&id)?;
-                Some((id, user.wrapped_keys.clone()))
+                Some((id, user.wrapped_keys.to_vec()))
             })
             .collect())
     }
@@ -352,5 +377,22 @@ impl Storage for MemoryStorage {
                 + state.pending.values().map(|b| b.records.len()).sum::<usize>())
                 as u64,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrapped_keys_inline_at_the_keystore_length_boxed_otherwise() {
+        let inline = WrappedKeys::new(vec![7; WRAPPED_LEN]);
+        assert!(matches!(inline, WrappedKeys::Inline(_)));
+        assert_eq!(inline.to_vec(), vec![7; WRAPPED_LEN]);
+        for len in [0, 1, WRAPPED_LEN - 1, WRAPPED_LEN + 1, 300] {
+            let other = WrappedKeys::new(vec![9; len]);
+            assert!(matches!(other, WrappedKeys::Other(_)));
+            assert_eq!(other.to_vec(), vec![9; len]);
+        }
     }
 }
