@@ -40,6 +40,11 @@ fn ebid_ecc(c: &mut Criterion) {
         g.bench_function(format!("aes{}", len * 8), |b| {
             b.iter(|| kg.encrypt_country(black_box(&ebid), CountryCode::new(33)))
         });
+        // A registration's list: 96 EBIDs in one call.
+        let ebids = vec![ebid; 96];
+        g.bench_function(format!("aes{}_batch_of_96", len * 8), |b| {
+            b.iter(|| kg.encrypt_countries(black_box(&ebids), CountryCode::new(33)))
+        });
     }
     g.finish();
 }

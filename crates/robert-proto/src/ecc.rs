@@ -55,6 +55,38 @@ impl FederationKey {
         block[0]
     }
 
+    /// The pads of many EBIDs, AES run over all their blocks in one call (the cipher backend
+    /// then processes several blocks in parallel and sets up its round keys once).
+    fn pads(&self, ebids: impl Iterator<Item = Ebid>) -> Vec<u8> {
+        let mut blocks: Vec<aes::Block> = ebids
+            .map(|ebid| {
+                let mut block = aes::Block::default();
+                block[..8].copy_from_slice(ebid.as_bytes());
+                block
+            })
+            .collect();
+        match &self.cipher {
+            AesAny::Aes128(c) => c.encrypt_blocks(&mut blocks),
+            AesAny::Aes192(c) => c.encrypt_blocks(&mut blocks),
+            AesAny::Aes256(c) => c.encrypt_blocks(&mut blocks),
+        }
+        blocks.iter().map(|b| b[0]).collect()
+    }
+
+    /// [`FederationKey::encrypt_country`] for many EBIDs of one country, in order.
+    pub fn encrypt_countries(&self, ebids: &[Ebid], cc: CountryCode) -> Vec<Ecc> {
+        self.pads(ebids.iter().copied()).into_iter().map(|pad| Ecc::new(pad ^ cc.value())).collect()
+    }
+
+    /// [`FederationKey::decrypt_country`] for many (EBID, ECC) pairs, in order.
+    pub fn decrypt_countries(&self, pairs: &[(Ebid, Ecc)]) -> Vec<CountryCode> {
+        self.pads(pairs.iter().map(|(ebid, _)| *ebid))
+            .into_iter()
+            .zip(pairs)
+            .map(|(pad, (_, ecc))| CountryCode::new(pad ^ ecc.value()))
+            .collect()
+    }
+
     /// `ECC = pad(EBID) XOR CC` (§4).
     #[inline]
     pub fn encrypt_country(&self, ebid: &Ebid, cc: CountryCode) -> Ecc {
@@ -114,6 +146,27 @@ mod tests {
             let ebid = Ebid::new(ebid);
             let ecc = k.encrypt_country(&ebid, CountryCode::new(cc));
             prop_assert_eq!(k.decrypt_country(&ebid, ecc), CountryCode::new(cc));
+        }
+
+        #[test]
+        fn batched_equals_one_by_one(
+            key in prop_oneof![
+                any::<[u8; 16]>().prop_map(|k| k.to_vec()),
+                any::<[u8; 24]>().prop_map(|k| k.to_vec()),
+                any::<[u8; 32]>().prop_map(|k| k.to_vec()),
+            ],
+            ebids in proptest::collection::vec(any::<[u8; 8]>(), 0..40),
+            cc in any::<u8>(),
+        ) {
+            let k = FederationKey::new(&key).expect("valid length");
+            let ebids: Vec<Ebid> = ebids.into_iter().map(Ebid::new).collect();
+            let cc = CountryCode::new(cc);
+            let eccs = k.encrypt_countries(&ebids, cc);
+            let one_by_one: Vec<Ecc> = ebids.iter().map(|e| k.encrypt_country(e, cc)).collect();
+            prop_assert_eq!(&eccs, &one_by_one);
+            let pairs: Vec<(Ebid, Ecc)> = ebids.iter().copied().zip(eccs).collect();
+            let back = k.decrypt_countries(&pairs);
+            prop_assert!(back.iter().all(|c| *c == cc));
         }
     }
 }

@@ -322,8 +322,9 @@ impl<S: Storage> Service<S> {
                 n += 1;
             }
             let cipher = self.day_keys.get_or_create(day, &self.storage, &self.secrets.kek).await?;
-            for ((epoch, _), ebid) in group.iter().zip(cipher.encrypt_many(&group)) {
-                let ecc = self.secrets.federation.encrypt_country(&ebid, cc);
+            let ebids = cipher.encrypt_many(&group);
+            let eccs = self.secrets.federation.encrypt_countries(&ebids, cc);
+            for (((epoch, _), ebid), ecc) in group.iter().zip(ebids).zip(eccs) {
                 entries.push(EbidEntry { epoch: *epoch, ebid, ecc });
             }
         }
@@ -562,6 +563,7 @@ impl<S: Storage> Service<S> {
         // their EBID (footnotes 13–16: the EBID's epoch may be that of the reception time or one
         // either side).
         let mut local: Vec<(usize, UploadRecord, Vec<u32>)> = Vec::with_capacity(batch.len());
+        let mut decoded: Vec<(usize, UploadRecord)> = Vec::with_capacity(batch.len());
         for (i, entry) in batch.iter().enumerate() {
             let Ok(rec) = UploadRecord::decode(&entry.record) else {
                 self.metrics.pair_rejected();
@@ -572,8 +574,13 @@ impl<S: Storage> Service<S> {
                 self.metrics.pair_rejected();
                 continue;
             }
-            // Step 3: the country.
-            let cc = self.secrets.federation.decrypt_country(&rec.hello.ebid(), rec.hello.ecc());
+            decoded.push((i, rec));
+        }
+        // Step 3: the country, AES over the whole batch at once.
+        let eccs: Vec<_> = decoded.iter().map(|(_, rec)| (rec.hello.ebid(), rec.hello.ecc())).collect();
+        let countries = self.secrets.federation.decrypt_countries(&eccs);
+        for ((i, rec), cc) in decoded.into_iter().zip(countries) {
+            let entry = &batch[i];
             if cc.value() != cc_s {
                 if self.federation.routes(cc) {
                     out.outbox.push((cc, entry.record.clone(), entry.slot));
