@@ -332,7 +332,11 @@ mod postgres {
         match std::env::var(URL_VAR) {
             Ok(url) if !url.is_empty() => Some(url),
             _ => {
-                eprintln!(
+                // Straight to stderr, past the test harness's capture: a skip is said even when
+                // the test passes.
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
                     "SKIPPED {test}: {URL_VAR} is not set (run `scripts/pg-throwaway.sh cargo test …` or \
                      .ci/run to start a throwaway PostgreSQL)"
                 );
