@@ -46,11 +46,12 @@ use robert_proto::{
     AppEphemeralKey, AuthKey, AuthRequest, CountryCode, EbidCipher, Epoch, EpochSchedule, Hello, Id, KAuth,
     KEnc, NtpTime, PublicKey, RequestCode, ServerKeyPair, SessionKeys, UploadRecord, pow, sealed,
 };
-use robert_server::config::Config;
+use robert_server::config::{Config, POSTGRES_URL_ENV};
 use robert_server::keystore::{self, DayKeys, ServerSecrets};
 use robert_server::service::{Clock, Service};
 use robert_server::storage::Storage;
 use robert_server::storage::memory::MemoryStorage;
+use robert_server::storage::postgres::PostgresStorage;
 use robert_server::storage::sqlite::SqliteStorage;
 use robert_server::token::{AuthorityKey, Purpose, TrustedAuthorities};
 use serde_json::{Map, Value, json};
@@ -93,6 +94,8 @@ enum Backend {
     Sqlite,
     /// The in-memory reference backend.
     Memory,
+    /// PostgreSQL (`--postgres-url`), in a schema of its own created for the run and dropped after.
+    Postgres,
 }
 
 impl Backend {
@@ -100,6 +103,7 @@ impl Backend {
         match self {
             Backend::Sqlite => "sqlite",
             Backend::Memory => "memory",
+            Backend::Postgres => "postgres",
         }
     }
 }
@@ -141,8 +145,17 @@ struct Common {
     #[arg(long, value_enum, default_value_t = Backend::Sqlite)]
     storage: Backend,
     /// SQLite without fsync (`synchronous = NORMAL`); the default, like production, is fsync on.
+    /// (PostgreSQL's durability is the database server's own `fsync`/`synchronous_commit`.)
     #[arg(long)]
     no_fsync: bool,
+    /// With `--storage postgres`: the database URL (postgres://user@host:port/db). Default: the
+    /// environment variable ROBERT_POSTGRES_URL. The run creates a schema of its own in that
+    /// database and drops it at the end.
+    #[arg(long)]
+    postgres_url: Option<String>,
+    /// With `--storage postgres`: connections in the server's pool.
+    #[arg(long, default_value_t = robert_server::storage::postgres::DEFAULT_POOL_SIZE)]
+    postgres_pool_size: usize,
     /// Worker threads of the server's tokio runtime (default: one per core).
     #[arg(long)]
     server_threads: Option<usize>,
@@ -158,6 +171,7 @@ impl Common {
         match self.storage {
             Backend::Sqlite => json!(!self.no_fsync),
             Backend::Memory => Value::Null,
+            Backend::Postgres => json!("the database server's setting"),
         }
     }
 }
@@ -612,6 +626,32 @@ where
             let server = rt.block_on(Server::new(MemoryStorage::new(), config, dir, common.seed))?;
             f.run(&rt, server)
         }
+        Backend::Postgres => {
+            let url = postgres_url(common.postgres_url.as_deref())?;
+            let schema = format!("robert_bench_{}", std::process::id());
+            let storage = rt
+                .block_on(PostgresStorage::connect_in_schema(&url, &schema, common.postgres_pool_size))
+                .context("connecting to PostgreSQL")?;
+            eprintln!("robert bench: PostgreSQL, schema {schema} (dropped at the end)");
+            let outcome = rt
+                .block_on(Server::new(storage, config, dir, common.seed))
+                .and_then(|server| f.run(&rt, server));
+            // The storage (in the server) is gone: drop the run's schema, whatever the outcome.
+            let dropped = rt.block_on(PostgresStorage::drop_schema(&url, &schema));
+            outcome?;
+            Ok(dropped.context("dropping the benchmark schema")?)
+        }
+    }
+}
+
+/// The PostgreSQL URL of a benchmark: the flag, else `ROBERT_POSTGRES_URL`.
+fn postgres_url(flag: Option<&str>) -> Result<String> {
+    match flag {
+        Some(url) => Ok(url.to_owned()),
+        None => std::env::var(POSTGRES_URL_ENV)
+            .ok()
+            .filter(|u| !u.is_empty())
+            .with_context(|| format!("--storage postgres needs --postgres-url or {POSTGRES_URL_ENV}")),
     }
 }
 
