@@ -274,7 +274,8 @@ fn two_replicas_on_one_database_process_once_and_notify_once() {
         let contested = authority.issue(Purpose::Declare, now_unix(), 3600, &mut rand::rng()).expect("token");
         let contested_body = declaration(&apps[0], &apps[1]);
         for url in &urls {
-            let (http, url, token, body) = (http.clone(), url.clone(), contested.clone(), contested_body.clone());
+            let (http, url, token, body) =
+                (http.clone(), url.clone(), contested.clone(), contested_body.clone());
             declaring.spawn(async move {
                 let resp =
                     http.post(format!("{url}/api/v1/report")).bearer_auth(&token).json(&body).send().await;
@@ -287,7 +288,8 @@ fn two_replicas_on_one_database_process_once_and_notify_once() {
         }
         let plain: Vec<u16> = statuses.iter().copied().filter(|s| *s < 1000).collect();
         assert_eq!(plain, vec![202; DECLARATIONS], "every declaration accepted");
-        let mut contested_statuses: Vec<u16> = statuses.iter().filter(|s| **s >= 1000).map(|s| s - 1000).collect();
+        let mut contested_statuses: Vec<u16> =
+            statuses.iter().filter(|s| **s >= 1000).map(|s| s - 1000).collect();
         contested_statuses.sort_unstable();
         assert_eq!(contested_statuses, vec![202, 403], "one token, one declaration, across replicas");
         let accepted_pairs = ((DECLARATIONS + 1) * PAIRS) as u64;
@@ -305,7 +307,10 @@ fn two_replicas_on_one_database_process_once_and_notify_once() {
                 for p in &pages {
                     assert_eq!(metric(p, "robert_pairs_rejected_total"), Some(0), "{p}");
                 }
-                assert!(processed >= accepted_pairs, "{processed} pairs worked on, {accepted_pairs} accepted");
+                assert!(
+                    processed >= accepted_pairs,
+                    "{processed} pairs worked on, {accepted_pairs} accepted"
+                );
                 break;
             }
             assert!(Instant::now() < deadline, "the pool never drained");
@@ -319,7 +324,8 @@ fn two_replicas_on_one_database_process_once_and_notify_once() {
                 let (http, url, apps) = (http.clone(), urls[(i + k) % 2].clone(), apps.clone());
                 esrs.spawn(async move {
                     let resp =
-                        post(&http, &url, "/api/v1/status", &apps[i].request(RequestCode::StatusRequest)).await;
+                        post(&http, &url, "/api/v1/status", &apps[i].request(RequestCode::StatusRequest))
+                            .await;
                     let status = resp.status().as_u16();
                     let at_risk = if status == 200 {
                         Some(resp.json::<StatusResponse>().await.expect("status json").at_risk)
@@ -374,7 +380,8 @@ fn two_replicas_on_one_database_process_once_and_notify_once() {
                 let (http, url, apps) = (http.clone(), urls[(i + k) % 2].clone(), apps.clone());
                 esrs.spawn(async move {
                     let resp =
-                        post(&http, &url, "/api/v1/status", &apps[i].request(RequestCode::StatusRequest)).await;
+                        post(&http, &url, "/api/v1/status", &apps[i].request(RequestCode::StatusRequest))
+                            .await;
                     (i, resp.status().as_u16())
                 });
             }
@@ -413,7 +420,10 @@ fn two_replicas_on_one_database_process_once_and_notify_once() {
             EXPOSED as i64,
             "exactly the exposed Apps notified, and acknowledged"
         );
-        assert_eq!(count(format!("SELECT count(*) FROM {schema}.users WHERE notified")).await, EXPOSED as i64);
+        assert_eq!(
+            count(format!("SELECT count(*) FROM {schema}.users WHERE notified")).await,
+            EXPOSED as i64
+        );
         PostgresStorage::drop_schema(&base_url, &schema).await.expect("drop schema");
     });
 }

@@ -242,7 +242,9 @@ impl PostgresStorage {
         let pool = Self::pool(parse_url(url)?, 1)?;
         let client = pool.get().await.map_err(|e| pool_error("drop schema", &e))?;
         client
-            .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            .batch_execute(&format!(
+                "SET client_min_messages = warning; DROP SCHEMA IF EXISTS {schema} CASCADE"
+            ))
             .await
             .map_err(|e| backend("drop schema", &e))
     }
