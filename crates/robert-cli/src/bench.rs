@@ -653,7 +653,19 @@ where
             let outcome = rt
                 .block_on(Server::new(storage, config, dir, common.seed))
                 .and_then(|server| f.run(&rt, server));
-            // The storage (in the server) is gone: drop the run's schema, whatever the outcome.
+            // The storage (in the server) is gone: what the run left on disk, then drop the run's
+            // schema, whatever the outcome.
+            if outcome.is_ok() {
+                for (table, rows, bytes) in rt.block_on(PostgresStorage::table_sizes(&url, &schema))? {
+                    if rows > 0 {
+                        eprintln!(
+                            "robert bench: postgres table {table}: {rows} rows, {:.1} MB with indexes, {:.0} B/row",
+                            bytes as f64 / 1e6,
+                            bytes as f64 / rows as f64
+                        );
+                    }
+                }
+            }
             let dropped = rt.block_on(PostgresStorage::drop_schema(&url, &schema));
             outcome?;
             Ok(dropped.context("dropping the benchmark schema")?)

@@ -249,6 +249,37 @@ impl PostgresStorage {
             .map_err(|e| backend("drop schema", &e))
     }
 
+    /// For sizing (`robert bench`, docs/deploy.md): each table of schema `schema` with its rows
+    /// and its bytes on disk (heap, indexes and TOAST), by table name.
+    pub async fn table_sizes(url: &str, schema: &str) -> Result<Vec<(String, u64, u64)>> {
+        if !valid_schema_name(schema) {
+            return Err(StorageError::Backend("schema name must match [a-z_][a-z0-9_]{0,62}".into()));
+        }
+        let pool = Self::pool(parse_url(url)?, 1)?;
+        let client = pool.get().await.map_err(|e| pool_error("table sizes", &e))?;
+        let tables = client
+            .query(
+                "SELECT c.relname::text, pg_total_relation_size(c.oid) FROM pg_class c
+                 JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname = $1 AND c.relkind = 'r' ORDER BY c.relname",
+                &[&schema],
+            )
+            .await
+            .map_err(|e| backend("table sizes", &e))?;
+        let mut sizes = Vec::with_capacity(tables.len());
+        for row in tables {
+            let (name, bytes): (String, i64) = (row.get(0), row.get(1));
+            // `name` comes from the catalog of a schema whose name was checked: quoting is enough.
+            let rows: i64 = client
+                .query_one(&format!("SELECT count(*) FROM {schema}.\"{}\"", name.replace('"', "\"\"")), &[])
+                .await
+                .map_err(|e| backend("table sizes", &e))?
+                .get(0);
+            sizes.push((name, u64_from_sql(rows), u64_from_sql(bytes)));
+        }
+        Ok(sizes)
+    }
+
     fn pool(mut config: tokio_postgres::Config, pool_size: usize) -> Result<Pool> {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
