@@ -54,6 +54,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{IsolationLevel, NoTls};
@@ -173,6 +174,148 @@ type TxFuture<'a, T> =
 /// The PostgreSQL backend. See the [module docs](self).
 pub struct PostgresStorage {
     pool: Pool,
+    /// The ESR group committer's queue (see [`EsrBatcher`]); `None` only while dropping.
+    esr: Option<tokio::sync::mpsc::UnboundedSender<EsrJob>>,
+}
+
+/// Most ESRs written by one statement.
+const ESR_BATCH: usize = 512;
+
+/// One ESR waiting for the group committer.
+struct EsrJob {
+    id: i64,
+    now: i32,
+    min_interval: i64,
+    at_risk: bool,
+    reply: tokio::sync::oneshot::Sender<Result<Option<bool>>>,
+}
+
+/// Group commit for ESRs (§7 steps 7–8), the hot path: a task takes every ESR queued (up to
+/// [`ESR_BATCH`]) and writes them with *one* conditional `UPDATE … FROM unnest(…)`, so that one
+/// WAL flush serves the whole batch instead of one each (a commit is bounded by the disk's flush
+/// rate: a few hundred to a few thousand a second). Batches run on up to half the pool's
+/// connections at once, so one batch forms while others wait for their flush; under light load
+/// an ESR goes alone, at once.
+///
+/// Each row's check-and-set is the single-ESR statement's, evaluated per row by PostgreSQL (a row
+/// another statement is updating is re-checked against its new version), so batching changes
+/// throughput, not the outcome. Two ESRs of one ID never share a batch: the second waits for the
+/// next one.
+struct EsrBatcher {
+    pool: Pool,
+    jobs: tokio::sync::mpsc::UnboundedReceiver<EsrJob>,
+    in_flight: Arc<tokio::sync::Semaphore>,
+}
+
+impl EsrBatcher {
+    async fn run(mut self) {
+        let mut carry: std::collections::VecDeque<EsrJob> = std::collections::VecDeque::new();
+        loop {
+            let first = match carry.pop_front() {
+                Some(job) => job,
+                None => match self.jobs.recv().await {
+                    Some(job) => job,
+                    None => break,
+                },
+            };
+            let Ok(permit) = Arc::clone(&self.in_flight).acquire_owned().await else { break };
+            // Everything queued meanwhile joins the batch (carried-over jobs first).
+            let mut batch = Vec::with_capacity(64);
+            let mut ids = HashSet::with_capacity(64);
+            ids.insert(first.id);
+            batch.push(first);
+            let mut deferred = Vec::new();
+            while batch.len() < ESR_BATCH {
+                let next = match carry.pop_front() {
+                    Some(job) => job,
+                    None => match self.jobs.try_recv() {
+                        Ok(job) => job,
+                        Err(_) => break,
+                    },
+                };
+                if ids.insert(next.id) {
+                    batch.push(next);
+                } else {
+                    deferred.push(next);
+                }
+            }
+            carry.extend(deferred);
+            let pool = self.pool.clone();
+            tokio::spawn(async move {
+                write_esr_batch(&pool, batch).await;
+                drop(permit);
+            });
+        }
+        // The storage is gone: answer what is left, in order, one batch at a time.
+        while let Some(job) = carry.pop_front() {
+            write_esr_batch(&self.pool, vec![job]).await;
+        }
+    }
+}
+
+async fn write_esr_batch(pool: &Pool, batch: Vec<EsrJob>) {
+    let ids: Vec<i64> = batch.iter().map(|j| j.id).collect();
+    let nows: Vec<i32> = batch.iter().map(|j| j.now).collect();
+    let intervals: Vec<i64> = batch.iter().map(|j| j.min_interval).collect();
+    let risks: Vec<bool> = batch.iter().map(|j| j.at_risk).collect();
+    let mut attempt = 0u32;
+    let outcome = loop {
+        let result = async {
+            let client = pool.get().await.map_err(|e| pool_error("status request", &e))?;
+            let stmt = client
+                .prepare_cached(
+                    "UPDATE users u SET sre = x.now, notified = (u.notified OR x.at_risk)
+                     FROM unnest($1::bigint[], $2::integer[], $3::bigint[], $4::boolean[])
+                          AS x (id, now, min_interval, at_risk)
+                     WHERE u.id = x.id AND NOT u.acknowledged
+                       AND (u.notified OR u.sre IS NULL OR (x.now - u.sre)::bigint >= x.min_interval)
+                     RETURNING u.id, u.notified",
+                )
+                .await
+                .map_err(|e| backend("status request", &e))?;
+            match client.query(&stmt, &[&ids, &nows, &intervals, &risks]).await {
+                Ok(rows) => {
+                    Ok(Ok(rows.iter().map(|r| (r.get::<_, i64>(0), r.get::<_, bool>(1))).collect::<Vec<_>>()))
+                }
+                Err(e) => Ok(Err(e)),
+            }
+        }
+        .await;
+        match result {
+            Ok(Err(e)) if retryable(&e) && attempt < MAX_RETRIES => {
+                // Deadlock with another replica's batch over the same IDs (an App sending ESRs
+                // to two replicas at once): the statement rolled back; run it again.
+                attempt += 1;
+                let backoff = rand::random::<u64>() % (u64::from(attempt) * 5_000);
+                tokio::time::sleep(Duration::from_micros(backoff)).await;
+            }
+            Ok(Err(e)) => break Err(backend("status request", &e)),
+            Ok(Ok(rows)) => break Ok(rows),
+            Err(e) => break Err(e),
+        }
+    };
+    match outcome {
+        Ok(rows) => {
+            let answered: std::collections::HashMap<i64, bool> = rows.into_iter().collect();
+            for job in batch {
+                // A caller that stopped waiting is not an error here.
+                let _ = job.reply.send(Ok(answered.get(&job.id).copied()));
+            }
+        }
+        Err(e) => {
+            let message = e.to_string();
+            for job in batch {
+                let _ = job.reply.send(Err(StorageError::Backend(message.clone())));
+            }
+        }
+    }
+}
+
+impl Drop for PostgresStorage {
+    fn drop(&mut self) {
+        // Closing the queue lets the group committer answer what was queued, then stop.
+        self.esr = None;
+    }
 }
 
 impl std::fmt::Debug for PostgresStorage {
@@ -303,7 +446,10 @@ impl PostgresStorage {
         let mut client = pool.get().await.map_err(|e| pool_error("connect", &e))?;
         migrate(&mut client).await?;
         drop(client);
-        Ok(Self { pool })
+        let (esr, jobs) = tokio::sync::mpsc::unbounded_channel();
+        let in_flight = Arc::new(tokio::sync::Semaphore::new((pool_size / 2).max(1)));
+        tokio::spawn(EsrBatcher { pool: pool.clone(), jobs, in_flight }.run());
+        Ok(Self { pool, esr: Some(esr) })
     }
 
     /// The schema version recorded in the database (0 if none), without changing anything.
@@ -464,7 +610,18 @@ impl Storage for PostgresStorage {
     }
 
     async fn spend_token(&self, token: TokenUse) -> Result<bool> {
-        self.transaction("spend token", false, &token, |tx, token| Box::pin(spend_token(tx, token))).await
+        // One statement: a racing insert of the same jti waits for this one, then does nothing.
+        self.statement("spend token", &token, |c, token| {
+            Box::pin(async move {
+                let stmt = c
+                    .prepare_cached(
+                        "INSERT INTO used_tokens (jti, expires) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING",
+                    )
+                    .await?;
+                Ok(c.execute(&stmt, &[&token.jti, &unix_sql(token.expires_unix)]).await? == 1)
+            })
+        })
+        .await
     }
 
     async fn load_user(&self, id: Id) -> Result<Option<UserRecord>> {
@@ -540,29 +697,21 @@ impl Storage for PostgresStorage {
         min_interval: u32,
         at_risk: bool,
     ) -> Result<StatusOutcome> {
-        // §7 steps 7–8 as one conditional update. A concurrent ESR of the same ID waits for this
-        // row lock, then re-evaluates the WHERE on the row written here (sre = now): inside T, it
-        // matches nothing. Signed arithmetic: a `now` before SRE_A (skew between replicas' clocks)
-        // is "too early" too.
-        let now = epoch_sql(now);
-        let min_interval = i64::from(min_interval);
-        let answered: Option<bool> = self
-            .statement("status request", &(), move |c, _| {
-                Box::pin(async move {
-                    let stmt = c
-                        .prepare_cached(
-                            "UPDATE users SET sre = $2::integer, notified = (notified OR $4)
-                             WHERE id = $1 AND NOT acknowledged
-                               AND (notified OR sre IS NULL OR ($2::integer - sre)::bigint >= $3::bigint)
-                             RETURNING notified",
-                        )
-                        .await?;
-                    Ok(c.query_opt(&stmt, &[&id_sql(id), &now, &min_interval, &at_risk])
-                        .await?
-                        .map(|r| r.get(0)))
-                })
-            })
-            .await?;
+        // §7 steps 7–8 as one conditional update, written with other ESRs by the group committer
+        // ([`EsrBatcher`]). A concurrent ESR of the same ID (here or on another replica) waits for
+        // this row lock, then re-evaluates the WHERE on the row written here (sre = now): inside T,
+        // it matches nothing. Signed arithmetic: a `now` before SRE_A (skew between replicas'
+        // clocks) is "too early" too.
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job = EsrJob {
+            id: id_sql(id),
+            now: epoch_sql(now),
+            min_interval: i64::from(min_interval),
+            at_risk,
+            reply,
+        };
+        self.esr.as_ref().ok_or(StorageError::Closed)?.send(job).map_err(|_| StorageError::Closed)?;
+        let answered = answer.await.map_err(|_| StorageError::Closed)??;
         Ok(match answered {
             Some(at_risk) => StatusOutcome::Answer { at_risk },
             None => StatusOutcome::Rejected,
