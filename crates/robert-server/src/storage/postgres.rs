@@ -45,11 +45,11 @@
 //! constraints), never its DETAIL (which can quote a key) nor a bound value.
 
 use super::{
-    ExpiryStats, Exposure, PoolEntry, ProcessedBatch, Result, Stats, StatusOutcome, Storage, StorageError,
-    TokenUse, UserRecord,
+    ExpiryStats, Exposure, OutboundBatch, PoolEntry, ProcessedBatch, Result, Stats, StatusOutcome, Storage,
+    StorageError, TokenUse, UserRecord,
 };
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Transaction};
-use robert_proto::{Epoch, Id};
+use robert_proto::{CountryCode, Epoch, Id};
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
@@ -61,7 +61,10 @@ use tokio_postgres::{IsolationLevel, NoTls};
 
 /// Schema migrations: `MIGRATIONS[n]` takes the schema from version `n` to `n + 1`. Append only;
 /// never edit a migration that shipped.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/postgres/0001_initial.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/postgres/0001_initial.sql"),
+    include_str!("../../migrations/postgres/0002_federation.sql"),
+];
 
 /// The schema version this binary writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -71,6 +74,10 @@ pub const SCHEMA_TABLE: &str = "robert_schema_migrations";
 
 /// Advisory-lock key that serializes migrations of replicas starting together ("ROBERT" in ASCII).
 const MIGRATION_LOCK: i64 = 0x524F_4245_5254;
+
+/// Advisory-lock keys that serialize the sealing of one country's federation batches ("FED" and
+/// the country code).
+const FEDERATION_LOCK: i64 = 0x4645_4400;
 
 /// How often a transaction is retried after a serialization failure or a deadlock.
 const MAX_RETRIES: u32 = 8;
@@ -591,6 +598,21 @@ async fn spend_token(
     Ok(tx.execute(&stmt, &[&token.jti, &unix_sql(token.expires_unix)]).await? == 1)
 }
 
+/// A `fed_pending` row as read: batch ID, sequence number, creation time, records.
+type PendingRow = (Vec<u8>, i64, i64, Vec<Vec<u8>>);
+
+fn pending_from_sql(country: CountryCode, row: PendingRow) -> Result<OutboundBatch> {
+    let (id, seq, created, records) = row;
+    let bad = || StorageError::Backend("stored federation batch malformed".into());
+    Ok(OutboundBatch {
+        country,
+        id: <[u8; 16]>::try_from(id).map_err(|_| bad())?,
+        seq: u64::try_from(seq).map_err(|_| bad())?,
+        created: u32::try_from(created).map_err(|_| bad())?,
+        records,
+    })
+}
+
 /// A `users` row and its LEE_A as read, before conversion.
 type UserRow = (Vec<u8>, bool, bool, Option<i32>, Vec<(i32, i64, i64, i64)>);
 
@@ -982,6 +1004,104 @@ impl Storage for PostgresStorage {
         Ok(u64_from_sql(n))
     }
 
+    async fn federation_next_batch(
+        &self,
+        country: CountryCode,
+        max: usize,
+        fresh_id: [u8; 16],
+        now: u32,
+    ) -> Result<Option<OutboundBatch>> {
+        let limit = i64::try_from(max.max(1)).unwrap_or(i64::MAX);
+        let cc = i16::from(country.value());
+        let row: Option<PendingRow> = self
+            .transaction("federation next batch", false, &fresh_id, move |tx, fresh_id| {
+                Box::pin(async move {
+                    // One sealer per country at a time, across replicas; every statement after the
+                    // lock sees what the previous holder committed (READ COMMITTED).
+                    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&(FEDERATION_LOCK + i64::from(cc))])
+                        .await?;
+                    let pending = tx
+                        .prepare_cached(
+                            "SELECT batch_id, seq, created, records FROM fed_pending WHERE cc = $1",
+                        )
+                        .await?;
+                    if let Some(r) = tx.query_opt(&pending, &[&cc]).await? {
+                        return Ok(Some((r.get(0), r.get(1), r.get(2), r.get(3))));
+                    }
+                    let take = tx
+                        .prepare_cached(
+                            "DELETE FROM outbox WHERE seq IN (
+                                 SELECT seq FROM outbox WHERE cc = $1 ORDER BY seq LIMIT $2)
+                             RETURNING seq, record",
+                        )
+                        .await?;
+                    let mut taken: Vec<(i64, Vec<u8>)> =
+                        tx.query(&take, &[&cc, &limit]).await?.iter().map(|r| (r.get(0), r.get(1))).collect();
+                    if taken.is_empty() {
+                        return Ok(None);
+                    }
+                    taken.sort_unstable_by_key(|(seq, _)| *seq);
+                    let records: Vec<Vec<u8>> = taken.into_iter().map(|(_, r)| r).collect();
+                    let next = tx
+                        .prepare_cached(
+                            "INSERT INTO fed_sequence (cc, last_seq) VALUES ($1, 1)
+                             ON CONFLICT (cc) DO UPDATE SET last_seq = fed_sequence.last_seq + 1
+                             RETURNING last_seq",
+                        )
+                        .await?;
+                    let seq: i64 = tx.query_one(&next, &[&cc]).await?.get(0);
+                    let created = i64::from(now);
+                    let seal = tx
+                        .prepare_cached(
+                            "INSERT INTO fed_pending (cc, batch_id, seq, created, records)
+                             VALUES ($1, $2, $3, $4, $5)",
+                        )
+                        .await?;
+                    tx.execute(&seal, &[&cc, &&fresh_id[..], &seq, &created, &records]).await?;
+                    Ok(Some((fresh_id.to_vec(), seq, created, records)))
+                })
+            })
+            .await?;
+        row.map(|r| pending_from_sql(country, r)).transpose()
+    }
+
+    async fn federation_batch_done(&self, country: CountryCode, id: [u8; 16]) -> Result<bool> {
+        let cc = i16::from(country.value());
+        self.statement("federation batch done", &id, move |c, id| {
+            Box::pin(async move {
+                let stmt =
+                    c.prepare_cached("DELETE FROM fed_pending WHERE cc = $1 AND batch_id = $2").await?;
+                Ok(c.execute(&stmt, &[&cc, &&id[..]]).await? == 1)
+            })
+        })
+        .await
+    }
+
+    async fn federation_depths(&self) -> Result<Vec<(CountryCode, u64)>> {
+        let rows: Vec<(i16, i64)> = self
+            .statement("federation depths", &(), |c, _| {
+                Box::pin(async move {
+                    let stmt = c
+                        .prepare_cached(
+                            "SELECT cc, sum(n)::bigint FROM (
+                                 SELECT cc, count(*) AS n FROM outbox GROUP BY cc
+                                 UNION ALL SELECT cc, cardinality(records)::bigint AS n FROM fed_pending
+                             ) AS d GROUP BY cc HAVING sum(n) > 0 ORDER BY cc",
+                        )
+                        .await?;
+                    Ok(c.query(&stmt, &[]).await?.iter().map(|r| (r.get(0), r.get(1))).collect())
+                })
+            })
+            .await?;
+        rows.into_iter()
+            .map(|(cc, n)| {
+                let cc = u8::try_from(cc)
+                    .map_err(|_| StorageError::Backend("stored country code out of range".into()))?;
+                Ok((CountryCode::new(cc), u64_from_sql(n)))
+            })
+            .collect()
+    }
+
     async fn stats(&self) -> Result<Stats> {
         let (users, pool_depth, outbox_depth): (i64, i64, i64) = self
             .statement("stats", &(), |c, _| {
@@ -989,7 +1109,8 @@ impl Storage for PostgresStorage {
                     let stmt = c
                         .prepare_cached(
                             "SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM pool),
-                                    (SELECT count(*) FROM outbox)",
+                                    (SELECT count(*) FROM outbox)
+                                      + (SELECT coalesce(sum(cardinality(records)), 0) FROM fed_pending)",
                         )
                         .await?;
                     let row = c.query_one(&stmt, &[]).await?;
@@ -1031,5 +1152,6 @@ mod tests {
     fn migrations_are_numbered_from_one() {
         assert_eq!(SCHEMA_VERSION, MIGRATIONS.len() as i64);
         assert!(MIGRATIONS[0].contains("CREATE TABLE users"));
+        assert!(MIGRATIONS[1].contains("CREATE TABLE fed_pending"));
     }
 }
