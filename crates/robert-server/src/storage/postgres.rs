@@ -18,7 +18,10 @@
 //!     exactly one mixer. A mixer never waits for another: it skips the slots another is erasing
 //!     (if that one rolls back, the slots stay in the pool for the next pass);
 //!   - [`Storage::pool_take`] starts at a random slot, so replicas' mixers mostly take disjoint
-//!     batches when the pool is larger than a batch.
+//!     batches when the pool is larger than a batch;
+//!   - federation (§8): [`Storage::federation_next_batch`] takes a per-country advisory lock for
+//!     its transaction, so replicas sealing batches for one peer at once return the same pending
+//!     batch, and a pair is in the outbox or in that batch, never both, never two batches.
 //! - **Transactions as retried closures.** Multi-statement methods run through one helper that
 //!   retries the whole closure on serialization failure (SQLSTATE 40001) and deadlock (40P01), a
 //!   bounded number of times with a short random back-off. Rows are locked in sorted order, which
