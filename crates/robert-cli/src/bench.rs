@@ -46,11 +46,12 @@ use robert_proto::{
     AppEphemeralKey, AuthKey, AuthRequest, CountryCode, EbidCipher, Epoch, EpochSchedule, Hello, Id, KAuth,
     KEnc, NtpTime, PublicKey, RequestCode, ServerKeyPair, SessionKeys, UploadRecord, pow, sealed,
 };
-use robert_server::config::Config;
+use robert_server::config::{Config, POSTGRES_URL_ENV};
 use robert_server::keystore::{self, DayKeys, ServerSecrets};
 use robert_server::service::{Clock, Service};
 use robert_server::storage::Storage;
 use robert_server::storage::memory::MemoryStorage;
+use robert_server::storage::postgres::PostgresStorage;
 use robert_server::storage::sqlite::SqliteStorage;
 use robert_server::token::{AuthorityKey, Purpose, TrustedAuthorities};
 use serde_json::{Map, Value, json};
@@ -84,6 +85,9 @@ enum BenchCommand {
     Register(RegisterArgs),
     /// Bytes per registered ID: SQLite file size, and in memory.
     Storage(StorageArgs),
+    /// LEE_A expiry at scale: `Storage::expire` on a table of `--rows` exposure rows spread over
+    /// CT days of epochs (one epoch's worth, then one day's worth, then nothing to delete).
+    Expiry(ExpiryArgs),
 }
 
 /// The storage backend under test.
@@ -93,6 +97,8 @@ enum Backend {
     Sqlite,
     /// The in-memory reference backend.
     Memory,
+    /// PostgreSQL (`--postgres-url`), in a schema of its own created for the run and dropped after.
+    Postgres,
 }
 
 impl Backend {
@@ -100,6 +106,7 @@ impl Backend {
         match self {
             Backend::Sqlite => "sqlite",
             Backend::Memory => "memory",
+            Backend::Postgres => "postgres",
         }
     }
 }
@@ -141,8 +148,17 @@ struct Common {
     #[arg(long, value_enum, default_value_t = Backend::Sqlite)]
     storage: Backend,
     /// SQLite without fsync (`synchronous = NORMAL`); the default, like production, is fsync on.
+    /// (PostgreSQL's durability is the database server's own `fsync`/`synchronous_commit`.)
     #[arg(long)]
     no_fsync: bool,
+    /// With `--storage postgres`: the database URL (postgres://user@host:port/db). Default: the
+    /// environment variable ROBERT_POSTGRES_URL. The run creates a schema of its own in that
+    /// database and drops it at the end.
+    #[arg(long)]
+    postgres_url: Option<String>,
+    /// With `--storage postgres`: connections in the server's pool.
+    #[arg(long, default_value_t = robert_server::storage::postgres::DEFAULT_POOL_SIZE)]
+    postgres_pool_size: usize,
     /// Worker threads of the server's tokio runtime (default: one per core).
     #[arg(long)]
     server_threads: Option<usize>,
@@ -158,6 +174,7 @@ impl Common {
         match self.storage {
             Backend::Sqlite => json!(!self.no_fsync),
             Backend::Memory => Value::Null,
+            Backend::Postgres => json!("the database server's setting"),
         }
     }
 }
@@ -247,6 +264,19 @@ struct StorageArgs {
     seed: u64,
 }
 
+/// `robert bench expiry`.
+#[derive(Debug, Args)]
+struct ExpiryArgs {
+    #[command(flatten)]
+    common: Common,
+    /// LEE_A rows (one per (ID, exposed epoch)) before expiry.
+    #[arg(long, default_value_t = 10_000_000)]
+    rows: usize,
+    /// Exposed epochs per ID (so IDs = rows / this).
+    #[arg(long, default_value_t = 20)]
+    epochs_per_id: usize,
+}
+
 /// Runs `robert bench …`.
 pub fn run(args: &BenchArgs) -> Result<()> {
     match &args.command {
@@ -254,6 +284,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         BenchCommand::Status(a) => status(a),
         BenchCommand::Register(a) => register(a),
         BenchCommand::Storage(a) => storage(a),
+        BenchCommand::Expiry(a) => expiry(a),
     }
 }
 
@@ -612,6 +643,44 @@ where
             let server = rt.block_on(Server::new(MemoryStorage::new(), config, dir, common.seed))?;
             f.run(&rt, server)
         }
+        Backend::Postgres => {
+            let url = postgres_url(common.postgres_url.as_deref())?;
+            let schema = format!("robert_bench_{}", std::process::id());
+            let storage = rt
+                .block_on(PostgresStorage::connect_in_schema(&url, &schema, common.postgres_pool_size))
+                .context("connecting to PostgreSQL")?;
+            eprintln!("robert bench: PostgreSQL, schema {schema} (dropped at the end)");
+            let outcome = rt
+                .block_on(Server::new(storage, config, dir, common.seed))
+                .and_then(|server| f.run(&rt, server));
+            // The storage (in the server) is gone: what the run left on disk, then drop the run's
+            // schema, whatever the outcome.
+            if outcome.is_ok() {
+                for (table, rows, bytes) in rt.block_on(PostgresStorage::table_sizes(&url, &schema))? {
+                    if rows > 0 {
+                        eprintln!(
+                            "robert bench: postgres table {table}: {rows} rows, {:.1} MB with indexes, {:.0} B/row",
+                            bytes as f64 / 1e6,
+                            bytes as f64 / rows as f64
+                        );
+                    }
+                }
+            }
+            let dropped = rt.block_on(PostgresStorage::drop_schema(&url, &schema));
+            outcome?;
+            Ok(dropped.context("dropping the benchmark schema")?)
+        }
+    }
+}
+
+/// The PostgreSQL URL of a benchmark: the flag, else `ROBERT_POSTGRES_URL`.
+fn postgres_url(flag: Option<&str>) -> Result<String> {
+    match flag {
+        Some(url) => Ok(url.to_owned()),
+        None => std::env::var(POSTGRES_URL_ENV)
+            .ok()
+            .filter(|u| !u.is_empty())
+            .with_context(|| format!("--storage postgres needs --postgres-url or {POSTGRES_URL_ENV}")),
     }
 }
 
@@ -1352,6 +1421,166 @@ impl Work for RegisterWork {
         })?;
         let (status, _) = conn.call(Method::Post, "/api/v1/register", &req, false).await?;
         Ok(if status == 201 { Step::Ok } else { Step::Unexpected(status) })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// expiry
+
+fn expiry(args: &ExpiryArgs) -> Result<()> {
+    ensure!(
+        args.rows > 0 && (1..=1344).contains(&args.epochs_per_id),
+        "--rows must be > 0 and --epochs-per-id in 1..=1344 (CT days of 15-min epochs)"
+    );
+    let config = bench_config(&args.common);
+    let report = Report::new(
+        "expiry",
+        json!({
+            "seed": args.common.seed, "storage": args.common.storage.name(), "fsync": args.common.fsync_json(),
+            "rows": args.rows, "epochs_per_id": args.epochs_per_id,
+        }),
+    );
+    with_backend(&args.common, config, ExpiryRun { args, report })
+}
+
+struct ExpiryRun<'a> {
+    args: &'a ExpiryArgs,
+    report: Report,
+}
+
+impl BackendRun for ExpiryRun<'_> {
+    fn run<S: Storage>(self, rt: &tokio::runtime::Runtime, server: Server<S>) -> Result<()> {
+        let ExpiryRun { args, report } = self;
+        let service = server.service.clone();
+        let epochs = server.service.config().protocol.ct_days * 86_400
+            / server.service.config().protocol.epoch_duration_sec;
+        let last = server.now_epoch()?.number();
+        let first = last + 1 - epochs;
+        let ids = args.rows.div_ceil(args.epochs_per_id);
+        let mut rng = ChaCha20Rng::seed_from_u64(args.common.seed);
+        let apps = rt.block_on(server.populate(ids, Populate::Storage, &mut rng))?;
+        // LEE_A through the mixer's own path: pool entries (declarations of 10 000 pairs), then
+        // pool_commit with one exposure per pair, each ID at `epochs_per_id` distinct epochs
+        // spread over the last CT days. Several batches in flight.
+        let rows: Vec<(Id, u32)> = apps
+            .iter()
+            .flat_map(|a| {
+                let offset = rng.random_range(0..epochs);
+                let stride = (epochs / args.epochs_per_id as u32).max(1);
+                (0..args.epochs_per_id as u32).map(move |k| (a.id, first + (offset + k * stride) % epochs))
+            })
+            .take(args.rows)
+            .collect();
+        let rows = Arc::new(rows);
+        let t0 = Instant::now();
+        let done = Arc::new(AtomicUsize::new(0));
+        rt.block_on(async {
+            const CHUNK: usize = 10_000;
+            let chunks = rows.len().div_ceil(CHUNK);
+            let workers = 4.min(chunks);
+            let mut tasks = tokio::task::JoinSet::new();
+            for w in 0..workers {
+                let (rows, service, done) = (rows.clone(), service.clone(), done.clone());
+                tasks.spawn(async move {
+                    for c in (w..chunks).step_by(workers) {
+                        let part = &rows[c * CHUNK..((c + 1) * CHUNK).min(rows.len())];
+                        let slots: Vec<[u8; 16]> = (0..part.len())
+                            .map(|i| {
+                                let mut s = [0u8; 16];
+                                s[..8].copy_from_slice(&((c * CHUNK + i) as u64).to_be_bytes());
+                                s[8..].copy_from_slice(&0x6578_7069_7279_u64.to_be_bytes());
+                                s
+                            })
+                            .collect();
+                        let entries = slots
+                            .iter()
+                            .map(|s| robert_server::storage::PoolEntry { slot: *s, record: vec![0; 20] });
+                        let token = robert_server::storage::TokenUse {
+                            jti: format!("bench-expiry-{c}"),
+                            expires_unix: u64::MAX >> 1,
+                        };
+                        let storage = service.storage();
+                        ensure!(
+                            storage.submit_report(token, entries.collect()).await?,
+                            "a jti was spent twice"
+                        );
+                        let exposures = part
+                            .iter()
+                            .zip(&slots)
+                            .map(|((id, epoch), slot)| {
+                                let epoch = Epoch::new(*epoch).context("24-bit epoch")?;
+                                let e = robert_server::storage::Exposure {
+                                    epoch,
+                                    hellos: 1,
+                                    rssi_sum: -60,
+                                    rssi_count: 1,
+                                };
+                                Ok((*id, e, *slot))
+                            })
+                            .collect::<Result<Vec<_>>>()?;
+                        let batch = robert_server::storage::ProcessedBatch {
+                            slots: slots.clone(),
+                            exposures,
+                            outbox: Vec::new(),
+                        };
+                        let erased = storage.pool_commit(batch).await?;
+                        ensure!(
+                            erased as usize == part.len(),
+                            "pool_commit erased {erased} of {}",
+                            part.len()
+                        );
+                        progress(&done, chunks, "exposure batches");
+                    }
+                    Ok::<_, anyhow::Error>(())
+                });
+            }
+            while let Some(joined) = tasks.join_next().await {
+                joined.context("a fill task panicked")??;
+            }
+            Ok::<_, anyhow::Error>(())
+        })?;
+        let fill = t0.elapsed();
+        report.figure(
+            "fill_exposures_per_sec",
+            per_sec(rows.len() as u64, fill),
+            "rows/s",
+            json!({"what": "LEE_A rows written through submit_report + pool_commit (10 000 pairs per batch, \
+                            4 batches in flight), the mixer's storage path without its crypto"}),
+        );
+        eprintln!(
+            "robert bench expiry: {} LEE_A rows for {} IDs over epochs {first}..={last} in {:.1} s",
+            rows.len(),
+            apps.len(),
+            fill.as_secs_f64()
+        );
+        let storage = service.storage();
+        let measure = |what: &str, before: u32| -> Result<()> {
+            let before_epoch = Epoch::new(before).context("24-bit epoch")?;
+            let t = Instant::now();
+            let s = rt.block_on(storage.expire(before_epoch, 0, 0))?;
+            let took = t.elapsed();
+            report.figure(
+                &format!("expire_{what}_seconds"),
+                took.as_secs_f64(),
+                "s",
+                json!({"what": format!("Storage::expire removing LEE_A rows with epoch < {before} ({what})"),
+                       "rows_removed": s.exposures, "rows_before": rows.len(),
+                       "rows_per_sec": round(per_sec(s.exposures, took))}),
+            );
+            eprintln!(
+                "robert bench expiry: {what}: {} rows removed in {:.3} s",
+                s.exposures,
+                took.as_secs_f64()
+            );
+            Ok(())
+        };
+        // The upkeep job's steady state: the oldest epoch leaves the CT window.
+        measure("one_epoch", first + 1)?;
+        // Catching up after a day without upkeep: a day of epochs at once.
+        measure("one_day", first + 1 + 86_400 / server.service.config().protocol.epoch_duration_sec)?;
+        // The common case of a pass: nothing is old enough.
+        measure("nothing", first + 1 + 86_400 / server.service.config().protocol.epoch_duration_sec)?;
+        Ok(())
     }
 }
 

@@ -8,6 +8,7 @@ use robert_server::keystore::{self, ServerSecrets};
 use robert_server::service::{Service, system_clock};
 use robert_server::storage::Storage;
 use robert_server::storage::memory::MemoryStorage;
+use robert_server::storage::postgres::PostgresStorage;
 use robert_server::storage::sqlite::SqliteStorage;
 use robert_server::token::{AuthorityKey, Purpose, TrustedAuthorities};
 use std::net::SocketAddr;
@@ -19,7 +20,8 @@ use std::sync::Arc;
 pub struct ServeArgs {
     /// Configuration file (TOML; every key is documented in robert.example.toml). Without one, the
     /// server runs in development mode: keys and a trusted development health-authority key are
-    /// created in the data directory on first start.
+    /// created in the data directory on first start. With `[storage] backend = "postgres"`, the
+    /// database URL comes from the environment variable ROBERT_POSTGRES_URL, else from the file.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Data directory (database, keys). Overrides the config file. Default ./robert-data.
@@ -104,6 +106,17 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
                 let db = data_dir.join("robert.db");
                 let storage = SqliteStorage::open(&db, config.storage.fsync)
                     .with_context(|| format!("opening {}", db.display()))?;
+                run(config, service_start, secrets, storage, authorities).await
+            }
+            StorageBackend::Postgres => {
+                let url = config.storage.postgres_url()?;
+                let storage = PostgresStorage::connect(&url, config.storage.postgres_pool_size)
+                    .await
+                    .context("opening the PostgreSQL storage")?;
+                eprintln!(
+                    "robert: PostgreSQL storage, {} connections at most",
+                    config.storage.postgres_pool_size
+                );
                 run(config, service_start, secrets, storage, authorities).await
             }
             StorageBackend::Memory => {

@@ -208,20 +208,60 @@ pub struct AuthoritiesSection {
 }
 
 /// `[storage]`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageSection {
-    /// `"sqlite"` (default, `robert.db` in the data directory) or `"memory"` (nothing survives a
-    /// restart: tests and demos only).
+    /// `"sqlite"` (default, `robert.db` in the data directory), `"postgres"` (a PostgreSQL
+    /// database shared by several replicas) or `"memory"` (nothing survives a restart: tests and
+    /// demos only).
     pub backend: StorageBackend,
     /// For SQLite: fsync every commit (`synchronous = FULL`). Default true: an answered write
     /// survives power loss. False trades that for speed (`NORMAL`: survives a process crash).
     pub fsync: bool,
+    /// For PostgreSQL: the connection URL (`postgres://user@host:port/database`). Default unset.
+    /// The environment variable [`POSTGRES_URL_ENV`], when set, overrides it, so that a password
+    /// never has to be written in the file.
+    pub postgres_url: Option<String>,
+    /// For PostgreSQL: most connections one replica keeps open. Default 16: a request holds one
+    /// for a single round trip, so 16 carry thousands of requests a second; replicas × pool size
+    /// must stay below the server's `max_connections` (see docs/deploy.md).
+    pub postgres_pool_size: usize,
 }
+
+/// Environment variable that gives (and overrides) `storage.postgres_url`.
+pub const POSTGRES_URL_ENV: &str = "ROBERT_POSTGRES_URL";
 
 impl Default for StorageSection {
     fn default() -> Self {
-        Self { backend: StorageBackend::Sqlite, fsync: true }
+        Self { backend: StorageBackend::Sqlite, fsync: true, postgres_url: None, postgres_pool_size: 16 }
+    }
+}
+
+impl std::fmt::Debug for StorageSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password: say whether it is set, never what it is.
+        f.debug_struct("StorageSection")
+            .field("backend", &self.backend)
+            .field("fsync", &self.fsync)
+            .field("postgres_url", &self.postgres_url.as_ref().map(|_| "[redacted]"))
+            .field("postgres_pool_size", &self.postgres_pool_size)
+            .finish()
+    }
+}
+
+impl StorageSection {
+    /// The PostgreSQL URL in force: [`POSTGRES_URL_ENV`] if set and not empty, else
+    /// `postgres_url`; an error naming both if neither is set.
+    pub fn postgres_url(&self) -> Result<String, ConfigError> {
+        match std::env::var(POSTGRES_URL_ENV) {
+            Ok(url) if !url.is_empty() => Ok(url),
+            _ => self.postgres_url.clone().filter(|u| !u.is_empty()).ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "storage.backend = \"postgres\" needs a database URL: set storage.postgres_url or \
+                     the environment variable {POSTGRES_URL_ENV}"
+                ))
+            }),
+        }
     }
 }
 
@@ -233,6 +273,8 @@ pub enum StorageBackend {
     Sqlite,
     /// In memory.
     Memory,
+    /// PostgreSQL, shared by replicas.
+    Postgres,
 }
 
 /// `[federation]` (§8, `docs/federation.md`).
@@ -366,6 +408,16 @@ impl Config {
         if self.registration.challenge_ttl_sec == 0 {
             return bad("registration.challenge_ttl_sec must be at least 1");
         }
+        if self.storage.backend == StorageBackend::Postgres {
+            if self.storage.postgres_pool_size == 0 {
+                return bad("storage.postgres_pool_size must be at least 1");
+            }
+            // Replicas each derive T_pstart on their own otherwise (the start of the day of their
+            // first start), and replicas that disagree on epochs reject each other's EBIDs.
+            if self.protocol.service_start_ntp.is_none() {
+                return bad("storage.backend = \"postgres\" (replicas) needs protocol.service_start_ntp set");
+            }
+        }
         self.validate_federation()
     }
 
@@ -434,5 +486,27 @@ mod tests {
         let e = Config::load(&f).expect_err("bad value").to_string();
         assert!(e.contains("epoch_duration_sec"), "{e}");
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn postgres_needs_a_fixed_service_start_and_a_pool() {
+        let mut c = Config::default();
+        c.storage.backend = StorageBackend::Postgres;
+        let e = c.validate().expect_err("no service start").to_string();
+        assert!(e.contains("service_start_ntp"), "{e}");
+        c.protocol.service_start_ntp = Some(3_944_678_400);
+        c.validate().expect("valid");
+        c.storage.postgres_pool_size = 0;
+        let e = c.validate().expect_err("empty pool").to_string();
+        assert!(e.contains("postgres_pool_size"), "{e}");
+    }
+
+    #[test]
+    fn postgres_url_is_never_printed() {
+        let mut c = Config::default();
+        c.storage.postgres_url = Some("postgres://robert:s3cret@db/robert".into());
+        let printed = format!("{c:?}");
+        assert!(!printed.contains("s3cret"), "{printed}");
+        assert!(printed.contains("postgres_url: Some(\"[redacted]\")"), "{printed}");
     }
 }

@@ -1,6 +1,13 @@
 //! Every storage backend against the one contract suite (`storage::contract`), plus what only the
 //! SQLite backend promises: durability across a reopen, refusal of a newer schema, group commit,
-//! and that the file keeps no uploaded pair once the mixer erased it.
+//! and that the file keeps no uploaded pair once the mixer erased it; and what only the PostgreSQL
+//! backend promises: replicas (separate connection pools) racing on one database, migrations of
+//! replicas starting together, refusal of a newer schema.
+//!
+//! The PostgreSQL tests need a database: `ROBERT_TEST_POSTGRES_URL` (`.ci/run` and
+//! `scripts/pg-throwaway.sh` start a throwaway cluster and set it). Without it they pass after
+//! printing that they were skipped and why. Each test works in schemas of its own, dropped at the
+//! end, so they run in parallel on one database.
 
 use robert_proto::{Epoch, Id};
 use robert_server::storage::memory::MemoryStorage;
@@ -305,4 +312,373 @@ async fn sqlite_keeps_no_uploaded_pair_after_processing() {
         .expect("rows");
     assert_eq!(exposures, vec![(0x12_3456_789A, 1, 300)], "one aggregate, no per-pair row");
     drop(s);
+}
+
+// ---------------------------------------------------------------------------------------------
+// PostgreSQL.
+
+mod postgres {
+    use super::{ep, id, token};
+    use robert_proto::CountryCode;
+    use robert_server::storage::postgres::{PostgresStorage, SCHEMA_TABLE, SCHEMA_VERSION};
+    use robert_server::storage::{Exposure, PoolEntry, ProcessedBatch, StatusOutcome, Storage, StorageError};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const URL_VAR: &str = "ROBERT_TEST_POSTGRES_URL";
+
+    /// The database URL, or `None` after saying on stderr that `test` is skipped and why.
+    fn url(test: &str) -> Option<String> {
+        match std::env::var(URL_VAR) {
+            Ok(url) if !url.is_empty() => Some(url),
+            _ => {
+                // Straight to stderr, past the test harness's capture: a skip is said even when
+                // the test passes.
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "SKIPPED {test}: {URL_VAR} is not set (run `scripts/pg-throwaway.sh cargo test …` or \
+                     .ci/run to start a throwaway PostgreSQL)"
+                );
+                None
+            }
+        }
+    }
+
+    /// A schema name unique to this process and call.
+    fn schema(prefix: &str) -> String {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        format!("{prefix}_{}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    }
+
+    async fn open(url: &str, schema: &str) -> PostgresStorage {
+        PostgresStorage::connect_in_schema(url, schema, 8).await.expect("connect to PostgreSQL")
+    }
+
+    async fn raw(url: &str) -> tokio_postgres::Client {
+        let (client, connection) =
+            tokio_postgres::connect(url, tokio_postgres::NoTls).await.expect("raw connect");
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        client
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn postgres_passes_the_contract() {
+        let Some(url) = url("postgres_passes_the_contract") else { return };
+        let schemas = std::sync::Mutex::new(Vec::new());
+        robert_server::storage::contract::run_all(|| {
+            // The suite's factory is synchronous: connect on this runtime, from a blocking section.
+            let name = schema("contract");
+            schemas.lock().expect("schemas").push(name.clone());
+            tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(open(&url, &name)))
+        })
+        .await;
+        for name in schemas.into_inner().expect("schemas") {
+            PostgresStorage::drop_schema(&url, &name).await.expect("drop schema");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_survives_a_reconnect() {
+        let Some(url) = url("postgres_survives_a_reconnect") else { return };
+        let name = schema("reconnect");
+        let (a, b) = (id(1), id(2));
+        let pending = PoolEntry { slot: [7; 16], record: vec![1; 20] };
+        let before = {
+            let s = open(&url, &name).await;
+            assert!(s.insert_user(a, vec![0xAA; 92]).await.expect("insert"));
+            assert!(s.insert_user(b, vec![0xBB; 92]).await.expect("insert"));
+            let entries = vec![pending.clone(), PoolEntry { slot: [8; 16], record: vec![2; 20] }];
+            assert!(s.submit_report(token("j1"), entries).await.expect("submit"));
+            let batch = ProcessedBatch {
+                slots: vec![[8; 16]],
+                exposures: vec![(
+                    a,
+                    Exposure { epoch: ep(5), hellos: 1, rssi_sum: -60, rssi_count: 1 },
+                    [8; 16],
+                )],
+                outbox: vec![(CountryCode::new(49), vec![9; 20], [8; 16])],
+            };
+            assert_eq!(s.pool_commit(batch).await.expect("commit"), 1);
+            assert_eq!(
+                s.status_request(a, ep(9), 3, true).await.expect("esr"),
+                StatusOutcome::Answer { at_risk: true }
+            );
+            assert_eq!(s.put_server_key(3, vec![3; 40]).await.expect("key"), vec![3; 40]);
+            (
+                s.load_user(a).await.expect("load"),
+                s.load_user(b).await.expect("load"),
+                s.stats().await.expect("stats"),
+            )
+        };
+        let s = open(&url, &name).await;
+        assert_eq!(s.schema_version().await.expect("version"), SCHEMA_VERSION);
+        assert_eq!(s.load_user(a).await.expect("load"), before.0, "user a as it was");
+        assert_eq!(s.load_user(b).await.expect("load"), before.1, "user b as it was");
+        assert_eq!(s.stats().await.expect("stats"), before.2);
+        assert_eq!(s.pool_take(10).await.expect("pool"), vec![pending]);
+        assert_eq!(s.server_keys().await.expect("keys"), vec![(3, vec![3; 40])]);
+        assert!(
+            !s.submit_report(token("j1"), Vec::new()).await.expect("submit"),
+            "the spent jti is remembered"
+        );
+        assert!(!s.insert_user(a, vec![0; 92]).await.expect("insert"), "a is still taken");
+        drop(s);
+        PostgresStorage::drop_schema(&url, &name).await.expect("drop schema");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_refuses_a_newer_schema() {
+        let Some(url) = url("postgres_refuses_a_newer_schema") else { return };
+        let name = schema("newer");
+        drop(open(&url, &name).await);
+        let client = raw(&url).await;
+        let newer = i32::try_from(SCHEMA_VERSION + 1).expect("small");
+        client
+            .execute(&format!("INSERT INTO {name}.{SCHEMA_TABLE} (version) VALUES ($1)"), &[&newer])
+            .await
+            .expect("record a newer version");
+        match PostgresStorage::connect_in_schema(&url, &name, 2).await {
+            Err(StorageError::UnknownSchema { found, known }) => {
+                assert_eq!((found, known), (SCHEMA_VERSION + 1, SCHEMA_VERSION));
+            }
+            Err(other) => panic!("expected UnknownSchema, got {other}"),
+            Ok(_) => panic!("a database from a newer binary was opened"),
+        }
+        let versions: Vec<i32> = client
+            .query(&format!("SELECT version FROM {name}.{SCHEMA_TABLE} ORDER BY version"), &[])
+            .await
+            .expect("versions")
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let expected: Vec<i32> = (1..=newer).collect();
+        assert_eq!(versions, expected, "the refused database was left untouched");
+        PostgresStorage::drop_schema(&url, &name).await.expect("drop schema");
+    }
+
+    /// Replicas starting together on an empty database: one migrates, the others wait for it and
+    /// find the schema current; none fails.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn postgres_replicas_migrate_once() {
+        let Some(url) = url("postgres_replicas_migrate_once") else { return };
+        let name = schema("migrate");
+        let mut starts = tokio::task::JoinSet::new();
+        for _ in 0..4 {
+            let (url, name) = (url.clone(), name.clone());
+            starts.spawn(async move { PostgresStorage::connect_in_schema(&url, &name, 2).await });
+        }
+        let mut stores = Vec::new();
+        while let Some(joined) = starts.join_next().await {
+            stores.push(joined.expect("task").expect("every replica starts"));
+        }
+        let client = raw(&url).await;
+        let applied: i64 = client
+            .query_one(&format!("SELECT count(*) FROM {name}.{SCHEMA_TABLE}"), &[])
+            .await
+            .expect("count")
+            .get(0);
+        assert_eq!(applied, SCHEMA_VERSION, "each migration applied once");
+        drop(stores);
+        PostgresStorage::drop_schema(&url, &name).await.expect("drop schema");
+    }
+
+    /// Two replicas (two pools on one database) racing: ESRs of one ID inside T, declarations with
+    /// one `jti`, registrations of one ID, and mixers committing overlapping batches.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn postgres_replicas_race_safely() {
+        let Some(url) = url("postgres_replicas_race_safely") else { return };
+        let name = schema("replicas");
+        let r1 = Arc::new(open(&url, &name).await);
+        let r2 = Arc::new(open(&url, &name).await);
+        let replica = |n: usize| if n.is_multiple_of(2) { Arc::clone(&r1) } else { Arc::clone(&r2) };
+
+        // 40 ESRs of each of 20 IDs, spread over both replicas: one answer per ID.
+        for n in 0..20 {
+            assert!(r1.insert_user(id(n), vec![1; 92]).await.expect("insert"));
+        }
+        let mut esrs = tokio::task::JoinSet::new();
+        for k in 0..800usize {
+            let s = replica(k);
+            let who = id((k % 20) as u64);
+            esrs.spawn(async move { (who, s.status_request(who, ep(50), 8, false).await.expect("esr")) });
+        }
+        let mut answered = std::collections::HashMap::new();
+        while let Some(joined) = esrs.join_next().await {
+            let (who, outcome) = joined.expect("task");
+            if outcome != StatusOutcome::Rejected {
+                *answered.entry(who).or_insert(0) += 1;
+            }
+        }
+        assert_eq!(answered.len(), 20, "every ID answered");
+        assert!(answered.values().all(|n| *n == 1), "exactly one answer per ID inside T: {answered:?}");
+
+        // One registration of a contested ID, one declaration per jti.
+        let mut races = tokio::task::JoinSet::new();
+        for k in 0..20usize {
+            let s = replica(k);
+            races.spawn(async move {
+                let inserted = s.insert_user(id(1000), vec![2; 92]).await.expect("insert");
+                let entry = PoolEntry { slot: [k as u8; 16], record: vec![k as u8; 20] };
+                let stored = s.submit_report(token("contested"), vec![entry]).await.expect("submit");
+                (inserted, stored)
+            });
+        }
+        let (mut inserted, mut stored) = (0, 0);
+        while let Some(joined) = races.join_next().await {
+            let (i, s) = joined.expect("task");
+            inserted += usize::from(i);
+            stored += usize::from(s);
+        }
+        assert_eq!((inserted, stored), (1, 1), "one registration, one declaration");
+        let contested = r1.pool_take(100).await.expect("pool");
+        assert_eq!(contested.len(), 1);
+
+        // Mixers on both replicas commit overlapping batches over 400 pairs: each applied once.
+        let entries: Vec<PoolEntry> = (0..400u32)
+            .map(|n| {
+                let mut slot = [0u8; 16];
+                slot[..4].copy_from_slice(&n.to_be_bytes());
+                slot[4] = 0xEE;
+                PoolEntry { slot, record: vec![3; 20] }
+            })
+            .collect();
+        assert!(r2.submit_report(token("bulk"), entries.clone()).await.expect("submit"));
+        let batch_of = |range: std::ops::Range<usize>| {
+            let taken = &entries[range];
+            ProcessedBatch {
+                slots: taken.iter().map(|e| e.slot).collect(),
+                exposures: taken
+                    .iter()
+                    .map(|e| {
+                        (
+                            id(u64::from(e.slot[3] % 20)),
+                            Exposure { epoch: ep(40), hellos: 1, rssi_sum: -50, rssi_count: 1 },
+                            e.slot,
+                        )
+                    })
+                    .collect(),
+                outbox: taken.iter().map(|e| (CountryCode::new(49), e.record.clone(), e.slot)).collect(),
+            }
+        };
+        let mut mixers = tokio::task::JoinSet::new();
+        for k in 0..8usize {
+            let s = replica(k);
+            // Batches of 200 starting every 50: each pair is in up to four batches.
+            let start = (k * 50).min(200);
+            let batch = batch_of(start..start + 200);
+            mixers.spawn(async move { s.pool_commit(batch).await.expect("pool_commit") });
+        }
+        let mut erased = 0;
+        while let Some(joined) = mixers.join_next().await {
+            erased += joined.expect("task");
+        }
+        // Whatever a mixer skipped because another held it is still in the pool: the next pass.
+        let left = r1.pool_take(1000).await.expect("pool");
+        let rest: Vec<PoolEntry> = left.into_iter().filter(|e| e.slot[4] == 0xEE).collect();
+        let again = ProcessedBatch {
+            slots: rest.iter().map(|e| e.slot).collect(),
+            exposures: rest
+                .iter()
+                .map(|e| {
+                    (
+                        id(u64::from(e.slot[3] % 20)),
+                        Exposure { epoch: ep(40), hellos: 1, rssi_sum: -50, rssi_count: 1 },
+                        e.slot,
+                    )
+                })
+                .collect(),
+            outbox: rest.iter().map(|e| (CountryCode::new(49), e.record.clone(), e.slot)).collect(),
+        };
+        erased += r2.pool_commit(again).await.expect("pool_commit");
+        assert_eq!(erased, 400, "each pair erased by exactly one mixer");
+        let mut hellos = 0;
+        for n in 0..20 {
+            let user = r1.load_user(id(n)).await.expect("load").expect("registered");
+            hellos += user.exposures.iter().map(|e| e.hellos).sum::<u32>();
+        }
+        assert_eq!(hellos, 400, "each pair's exposure applied exactly once");
+        let stats = r2.stats().await.expect("stats");
+        assert_eq!((stats.pool_depth, stats.outbox_depth), (1, 400), "outbox entries added once");
+        drop((r1, r2));
+        PostgresStorage::drop_schema(&url, &name).await.expect("drop schema");
+    }
+
+    /// DESIGN §6 "Privacy": after processing, the pool holds nothing, the token table only the
+    /// `jti` and its expiry, LEE_A one aggregate per (ID, epoch).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_keeps_no_uploaded_pair_after_processing() {
+        let Some(url) = url("postgres_keeps_no_uploaded_pair_after_processing") else { return };
+        let name = schema("privacy");
+        let s = open(&url, &name).await;
+        let a = id(0x12_3456_789A);
+        assert!(s.insert_user(a, vec![0x11; 92]).await.expect("insert"));
+        let entries: Vec<PoolEntry> = (0..300u32)
+            .map(|n| {
+                let mut slot = [0u8; 16];
+                slot[..8].copy_from_slice(&u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15).to_be_bytes());
+                PoolEntry { slot, record: n.to_be_bytes().repeat(5) }
+            })
+            .collect();
+        assert!(s.submit_report(token("declaration-jti"), entries).await.expect("submit"));
+        let taken = s.pool_take(1000).await.expect("pool_take");
+        assert_eq!(taken.len(), 300);
+        let batch = ProcessedBatch {
+            slots: taken.iter().map(|e| e.slot).collect(),
+            exposures: taken
+                .iter()
+                .map(|e| (a, Exposure { epoch: ep(1), hellos: 1, rssi_sum: 0, rssi_count: 0 }, e.slot))
+                .collect(),
+            outbox: Vec::new(),
+        };
+        assert_eq!(s.pool_commit(batch).await.expect("commit"), 300);
+        let client = raw(&url).await;
+        let pool: i64 =
+            client.query_one(&format!("SELECT count(*) FROM {name}.pool"), &[]).await.expect("pool").get(0);
+        assert_eq!(pool, 0);
+        let columns: Vec<String> = client
+            .query(
+                "SELECT column_name::text FROM information_schema.columns
+                 WHERE table_schema = $1 AND table_name = 'used_tokens' ORDER BY ordinal_position",
+                &[&name],
+            )
+            .await
+            .expect("columns")
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(columns, vec!["jti", "expires"], "used_tokens holds the jti and its expiry only");
+        let tokens: Vec<(String, i64)> = client
+            .query(&format!("SELECT jti, expires FROM {name}.used_tokens"), &[])
+            .await
+            .expect("tokens")
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        assert_eq!(tokens, vec![("declaration-jti".to_owned(), 4_000_000_000)]);
+        let exposures: Vec<(i64, i32, i64)> = client
+            .query(&format!("SELECT id, epoch, hellos FROM {name}.exposures"), &[])
+            .await
+            .expect("exposures")
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        assert_eq!(exposures, vec![(0x12_3456_789A, 1, 300)], "one aggregate, no per-pair row");
+        drop(s);
+        PostgresStorage::drop_schema(&url, &name).await.expect("drop schema");
+    }
+
+    /// A database that cannot be reached fails `connect` with a message that names no password.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_unreachable_is_a_clear_error() {
+        // Port 1 on loopback: nothing listens there. No database needed for this one.
+        let e = PostgresStorage::connect("postgres://robert:s3cret@127.0.0.1:1/robert", 2)
+            .await
+            .expect_err("nothing listens on port 1");
+        let message = e.to_string();
+        assert!(message.starts_with("storage backend: connect"), "{message}");
+        assert!(!message.contains("s3cret"), "{message}");
+    }
 }

@@ -1,8 +1,9 @@
 //! The IDTable (§3.2) and the server's other durable state, behind one trait.
 //!
 //! Backends: [`memory::MemoryStorage`] (the reference, for tests and the simulator) and
-//! [`sqlite::SqliteStorage`] (the embedded default: WAL, one writer thread, group commit). A
-//! PostgreSQL backend shared by several `robert serve` replicas implements the same trait; every
+//! [`sqlite::SqliteStorage`] (the embedded default: WAL, one writer thread, group commit).
+//! [`postgres::PostgresStorage`], shared by several `robert serve` replicas, implements the same
+//! trait; every
 //! method's contract is written so that it can (each is one atomic transaction, and none relies on
 //! state held in the server's memory between calls).
 //!
@@ -23,6 +24,7 @@
 
 pub mod contract;
 pub mod memory;
+pub mod postgres;
 pub mod sqlite;
 
 use robert_proto::{CountryCode, Epoch, Id};
