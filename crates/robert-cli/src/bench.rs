@@ -1693,17 +1693,6 @@ struct MemoryEstimate {
     heap: usize,
 }
 
-/// A mirror of `robert_server::storage::memory::User` (private there): the same field types, so
-/// the same size.
-#[allow(dead_code)] // only its size is used
-struct UserMirror {
-    wrapped_keys: Vec<u8>,
-    notified: bool,
-    acknowledged: bool,
-    last_status_epoch: Option<Epoch>,
-    exposures: BTreeMap<Epoch, robert_server::storage::Exposure>,
-}
-
 async fn memory_size(n: usize, seed: u64) -> Result<(Option<f64>, MemoryEstimate)> {
     let dir = data_dir()?;
     keystore::keygen(dir.path(), &mut ChaCha20Rng::seed_from_u64(seed))?;
@@ -1712,12 +1701,10 @@ async fn memory_size(n: usize, seed: u64) -> Result<(Option<f64>, MemoryEstimate
     let storage = MemoryStorage::new();
     let before = resident_bytes();
     let mut stored = 0usize;
-    let mut wrapped_len = 0;
     while stored < n {
         let id = random_id(&mut rng);
         let keys = SessionKeys { k_auth: KAuth::random(&mut rng), k_enc: KEnc::random(&mut rng) };
         let wrapped = secrets.kek.wrap_session_keys(&keys, &id.to_be_bytes());
-        wrapped_len = wrapped.len();
         if storage.insert_user(id, wrapped).await? {
             stored += 1;
         }
@@ -1726,12 +1713,9 @@ async fn memory_size(n: usize, seed: u64) -> Result<(Option<f64>, MemoryEstimate
     ensure!(storage.stats().await?.users as usize == n, "memory storage lost users");
     let rss = before.zip(after).map(|(b, a)| a.saturating_sub(b) as f64 / n as f64);
 
-    // hashbrown: buckets a power of two, at most 7/8 full; one control byte per bucket.
-    let bucket = std::mem::size_of::<(Id, UserMirror)>() + 1;
-    let buckets = (n * 8).div_ceil(7).next_power_of_two();
-    // glibc malloc: a chunk is the request plus an 8-byte header, rounded up to 16, at least 32.
-    let heap = (wrapped_len + 8).div_ceil(16) * 16;
-    let total = (bucket * buckets) as f64 / n as f64 + heap as f64;
+    let layout = MemoryStorage::layout_estimate(n);
+    let (total, bucket, buckets, heap) =
+        (layout.bytes_per_user, layout.bucket_bytes, layout.buckets, layout.heap_bytes_per_user);
     drop(storage);
     Ok((rss, MemoryEstimate { total, bucket, buckets, heap }))
 }

@@ -72,6 +72,19 @@ struct State {
     last_seq: HashMap<CountryCode, u64>,
 }
 
+/// [`MemoryStorage::layout_estimate`]'s answer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LayoutEstimate {
+    /// Bytes of one table bucket.
+    pub bucket_bytes: usize,
+    /// Buckets of the table.
+    pub buckets: usize,
+    /// Heap bytes of one user (its box, with its wrapped keys inline).
+    pub heap_bytes_per_user: usize,
+    /// Everything, per user.
+    pub bytes_per_user: f64,
+}
+
 /// The in-memory reference backend. See the [module docs](self).
 #[derive(Default)]
 pub struct MemoryStorage {
@@ -82,6 +95,19 @@ impl MemoryStorage {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// What `n` registered IDs without exposures should occupy, from this backend's layout:
+    /// the table's buckets (hashbrown: a power of two, at most 7/8 full, one control byte per
+    /// bucket, each holding an ID and a box) plus one heap chunk per user (glibc malloc: the
+    /// request plus an 8-byte header, rounded up to 16). `robert bench storage` prints it beside
+    /// the measured resident-set growth.
+    pub fn layout_estimate(n: usize) -> LayoutEstimate {
+        let bucket_bytes = std::mem::size_of::<(Id, Box<User>)>() + 1;
+        let buckets = (n.max(1) * 8).div_ceil(7).next_power_of_two();
+        let heap_bytes_per_user = (std::mem::size_of::<User>() + 8).div_ceil(16) * 16;
+        let bytes_per_user = (bucket_bytes * buckets) as f64 / n.max(1) as f64 + heap_bytes_per_user as f64;
+        LayoutEstimate { bucket_bytes, buckets, heap_bytes_per_user, bytes_per_user }
     }
 
     fn lock(&self) -> Result<MutexGuard<'_, State>> {
