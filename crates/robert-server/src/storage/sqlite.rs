@@ -619,6 +619,25 @@ impl SqliteStorage {
         answer.await.map_err(|_| StorageError::Closed)?
     }
 
+    /// Runs a *point* read on a pooled read-only connection right here, on the async worker.
+    /// A point read of pages in the OS page cache (mapped) takes a few microseconds: less than
+    /// handing it to a blocking thread and waking the task back (two futex round trips), which
+    /// was the largest cost of an ESR's read. A page-cache miss blocks this worker for one disk
+    /// read. Only for reads of one key; scans and batches use [`SqliteStorage::read`].
+    async fn read_point<T>(
+        &self,
+        op: &'static str,
+        work: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+    ) -> Result<T> {
+        let _permit = self.readers.permits.acquire().await.map_err(|_| StorageError::Closed)?;
+        let mut conn = self.readers.take()?;
+        let result = work(&mut conn).map_err(|e| backend(op, e));
+        if result.is_ok() {
+            self.readers.give_back(conn);
+        }
+        result
+    }
+
     /// Runs a read on a pooled read-only connection, on a blocking thread.
     async fn read<T, F>(&self, op: &'static str, work: F) -> Result<T>
     where
@@ -833,7 +852,7 @@ impl Storage for SqliteStorage {
     }
 
     async fn load_user(&self, id: Id) -> Result<Option<UserRecord>> {
-        self.read("load user", move |conn| read_user(conn, id)).await?.map(RawUser::into_record).transpose()
+        self.read_point("load user", |conn| read_user(conn, id)).await?.map(RawUser::into_record).transpose()
     }
 
     async fn load_user_keys(&self, ids: Vec<Id>) -> Result<Vec<(Id, Vec<u8>)>> {
