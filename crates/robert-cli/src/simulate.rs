@@ -52,7 +52,7 @@ pub struct SimulateArgs {
     #[arg(long, default_value_t = 20)]
     workplace_size: u32,
     /// Colleagues each worker starts a contact with per working day.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 2)]
     work_contacts: u32,
     /// Fraction of workers commuting by public transport.
     #[arg(long, default_value_t = 0.3)]
@@ -79,7 +79,7 @@ pub struct SimulateArgs {
     #[arg(long, default_value_t = 0.01)]
     initial_infected: f64,
     /// Transmission rate per minute of contact at 1 m or closer (decays as 1/d² beyond).
-    #[arg(long, default_value_t = 0.008)]
+    #[arg(long, default_value_t = 0.015)]
     beta: f64,
     /// Middle latent period, days (drawn from this −1 to +1).
     #[arg(long, default_value_t = 3)]
@@ -245,7 +245,9 @@ pub fn write_outputs(results: &SimResults, dir: &Path, plots: bool) -> Result<Ve
     std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
     let mut files = vec![path];
     if plots {
-        files.extend(robert_sim::plot::write_all(results, dir).map_err(anyhow::Error::msg).context("plotting")?);
+        files.extend(
+            robert_sim::plot::write_all(results, dir).map_err(anyhow::Error::msg).context("plotting")?,
+        );
     }
     Ok(files)
 }
@@ -329,15 +331,19 @@ pub fn demo(args: &DemoArgs, out: &mut impl Write) -> Result<()> {
          with a single-use health-authority token each.",
         t.total_infected, p.declarations, p.pairs_uploaded
     )?;
-    writeln!(out, "  {} App users were told they were at risk; the notified isolated and got tested.", a.notified)?;
+    writeln!(
+        out,
+        "  {} App users were told they were at risk; the notified isolated and got tested.",
+        a.notified
+    )?;
     if let Some(u) = &r.untraced {
-        let (w, wo) = (t.total_infected as f64, u.total_infected as f64);
-        let change = if wo > 0.0 { (wo - w) / wo } else { 0.0 };
+        let (w, wo) = (t.total_infected as i64, u.total_infected as i64);
+        let avoided = if wo > 0 { (wo - w) as f64 / wo as f64 * 100.0 } else { 0.0 };
         writeln!(
             out,
-            "  The same town without the App (same seed): {} infected. Tracing changed that by {:.0} %.",
-            u.total_infected,
-            -change * 100.0
+            "  The same town without the App (same seed, same contacts where behaviour is the same):\n  \
+             {wo} infected. With tracing, {} fewer ({avoided:.0} %).",
+            wo - w
         )?;
     }
     writeln!(out, "\nWHAT THE SERVER LEARNED, AND WHAT IT DID NOT")?;
@@ -363,7 +369,11 @@ pub fn demo(args: &DemoArgs, out: &mut impl Write) -> Result<()> {
         cfg.loss * 100.0,
         a.false_positives,
         pct(a.precision),
-        if a.notified_without_true_contact == 0 { "true".to_owned() } else { format!("false ({})", a.notified_without_true_contact) }
+        if a.notified_without_true_contact == 0 {
+            "true".to_owned()
+        } else {
+            format!("false ({})", a.notified_without_true_contact)
+        }
     )?;
     writeln!(
         out,
@@ -372,16 +382,50 @@ pub fn demo(args: &DemoArgs, out: &mut impl Write) -> Result<()> {
         a.declaration_to_notification_median_h, a.time_to_notification_median_h
     )?;
     for l in &r.loss_sweep {
-        writeln!(out, "  With {:>2.0} % radio loss: recall {}, precision {}.", l.loss * 100.0, pct(l.recall), pct(l.precision))?;
+        writeln!(
+            out,
+            "  With {:>2.0} % radio loss: recall {}, precision {}.",
+            l.loss * 100.0,
+            pct(l.recall),
+            pct(l.precision)
+        )?;
     }
     if let Some(at) = &r.attacks {
         writeln!(out, "\nATTACKS")?;
         let line = |name: &str, o: &robert_sim::attacks::AttackOutcome, verdict: &str| {
             format!("  {name:<34} {:>3} of {:<3} victims notified  {verdict}", o.successes, o.attempts)
         };
-        writeln!(out, "{}", line("HELLO replay after 2^16 s", &at.replay_after_2_16, if at.replay_after_2_16.successes == 0 { "FAILED (server epoch check)" } else { "SUCCEEDED" }))?;
-        writeln!(out, "{}", line("relay beyond δ (2 min)", &at.relay_beyond_delta, if at.relay_beyond_delta.successes == 0 { "FAILED (δ check, App and server)" } else { "SUCCEEDED" }))?;
-        writeln!(out, "{}", line("relay within δ (30 s)", &at.relay_within_delta, "works: ROBERT bounds relays to δ, it cannot stop them"))?;
+        writeln!(
+            out,
+            "{}",
+            line(
+                "HELLO replay after 2^16 s",
+                &at.replay_after_2_16,
+                if at.replay_after_2_16.successes == 0 { "FAILED (server epoch check)" } else { "SUCCEEDED" }
+            )
+        )?;
+        writeln!(
+            out,
+            "{}",
+            line(
+                "relay beyond δ (2 min)",
+                &at.relay_beyond_delta,
+                if at.relay_beyond_delta.successes == 0 {
+                    "FAILED (δ check, App and server)"
+                } else {
+                    "SUCCEEDED"
+                }
+            )
+        )?;
+        writeln!(
+            out,
+            "{}",
+            line(
+                "relay within δ (30 s)",
+                &at.relay_within_delta,
+                "works: ROBERT bounds relays to δ, it cannot stop them"
+            )
+        )?;
         writeln!(
             out,
             "  one-entry attack (Annex A)         certainty {} with p = 0, {} with p = {} (random notifications)",

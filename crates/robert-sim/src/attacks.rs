@@ -65,6 +65,8 @@ pub struct SybilOutcome {
     pub reused_solution: AttackOutcome,
     /// Difficulty of the measured honest solves (bits).
     pub difficulty: u8,
+    /// Probability that a blind guess solves a puzzle: 2^-difficulty.
+    pub guess_success_probability: f64,
     /// Identities registered with honest work (measured, not reproducible).
     pub solved: u64,
     /// Mean SHA-256 evaluations per identity (expected 2^difficulty).
@@ -107,14 +109,21 @@ pub struct AttackSizes {
 
 impl Default for AttackSizes {
     fn default() -> Self {
-        Self { victims: 40, one_entry_attackers: 200, sybil_burst: 500, sybil_solves: 4, sybil_difficulty: 20 }
+        Self {
+            victims: 40,
+            one_entry_attackers: 200,
+            sybil_burst: 500,
+            sybil_solves: 4,
+            sybil_difficulty: 20,
+        }
     }
 }
 
 type Server = InProcess<MemoryStorage>;
 
 async fn start(cfg: &SimConfig, salt: u64, p: f64) -> Result<Server, SimError> {
-    let server = InProcess::start(cfg.seed ^ salt, server_config(cfg, p), |_| Ok(MemoryStorage::new())).await?;
+    let server =
+        InProcess::start(cfg.seed ^ salt, server_config(cfg, p), |_| Ok(MemoryStorage::new())).await?;
     server.set_time(60);
     server.service.prepare_day_keys().await.map_err(|e| SimError::Server(e.to_string()))?;
     Ok(server)
@@ -140,7 +149,8 @@ async fn declare(cfg: &SimConfig, server: &Server, app: &mut App, t: i64, who: u
     let mut rng = crypto_rng(cfg.seed, Tag::Attack, 7 ^ (who << 8), t as u64);
     let tokens = server.declare_tokens(1, t, &mut rng)?;
     let cont_start = ntp(t - i64::from(cfg.declare_window_days) * 86_400);
-    app.start_declaration(tokens, cont_start, now, now, &mut rng).map_err(|e| SimError::App(e.to_string()))?;
+    app.start_declaration(tokens, cont_start, now, now, &mut rng)
+        .map_err(|e| SimError::App(e.to_string()))?;
     let mut none = |_: &App| Ok::<(), SimError>(());
     app.upload_due(&server.transport(), now, &mut none).await?;
     Ok(())
@@ -152,7 +162,9 @@ async fn notified(server: &Server, apps: &mut [App], t: i64) -> Result<u64, SimE
     let tr = server.transport();
     let mut n = 0;
     for app in apps {
-        if app.check_status(&tr, now).await.map_err(|e| SimError::App(format!("ESR: {e}")))? == ExposureStatus::AtRisk {
+        if app.check_status(&tr, now).await.map_err(|e| SimError::App(format!("ESR: {e}")))?
+            == ExposureStatus::AtRisk
+        {
             n += 1;
         }
     }
@@ -166,7 +178,13 @@ fn rate(x: u64, y: u64) -> f64 {
 /// Targets' HELLOs, captured over `minutes` minutes from `t0`, are put back next to a declaring
 /// accomplice `delay` seconds later. With `force_upload`, what the App refuses is uploaded
 /// anyway by a modified App (raw records with the relay time).
-async fn relay(cfg: &SimConfig, sizes: AttackSizes, salt: u64, delay: u32, force_upload: bool) -> Result<AttackOutcome, SimError> {
+async fn relay(
+    cfg: &SimConfig,
+    sizes: AttackSizes,
+    salt: u64,
+    delay: u32,
+    force_upload: bool,
+) -> Result<AttackOutcome, SimError> {
     let server = start(cfg, salt, 0.0).await?;
     let mut targets = registered(cfg, &server, sizes.victims, salt).await?;
     let mut accomplice = registered(cfg, &server, 1, salt + 1).await?.remove(0);
@@ -185,7 +203,11 @@ async fn relay(cfg: &SimConfig, sizes: AttackSizes, salt: u64, delay: u32, force
                     out.hellos_refused_by_app += 1;
                     if force_upload {
                         let hello = Hello::parse(&hello).map_err(|e| SimError::App(e.to_string()))?;
-                        forced.push(ContactBody::from_record(&UploadRecord { hello, time: at, rssi: Some(-50) }));
+                        forced.push(ContactBody::from_record(&UploadRecord {
+                            hello,
+                            time: at,
+                            rssi: Some(-50),
+                        }));
                     }
                 }
             }
@@ -201,7 +223,8 @@ async fn relay(cfg: &SimConfig, sizes: AttackSizes, salt: u64, delay: u32, force
         server.transport().report(&token, &ReportRequest { contacts: forced }).await?;
     }
     server.service.mix_once(true).await.map_err(|e| SimError::Server(e.to_string()))?;
-    out.pairs_rejected_by_server = server.service.metrics().counter("pairs_rejected").unwrap_or(0) - rejected_before;
+    out.pairs_rejected_by_server =
+        server.service.metrics().counter("pairs_rejected").unwrap_or(0) - rejected_before;
     out.successes = notified(&server, &mut targets, t_decl + 600).await?;
     out.success_rate = rate(out.successes, out.attempts);
     Ok(out)
@@ -224,7 +247,12 @@ async fn one_entry(cfg: &SimConfig, sizes: AttackSizes, p: f64) -> Result<OneEnt
         }
     }
     let declares = |k: u32| hash(cfg.seed, Tag::Attack, 0x1E, u64::from(k), 0, 0) % 2 == 0;
-    let mut out = OneEntryOutcome { p, attackers: u64::from(n), server_randomness: p > 0.0, ..OneEntryOutcome::default() };
+    let mut out = OneEntryOutcome {
+        p,
+        attackers: u64::from(n),
+        server_randomness: p > 0.0,
+        ..OneEntryOutcome::default()
+    };
     for (k, target) in targets.iter_mut().enumerate() {
         if declares(k as u32) {
             out.targets_declared += 1;
@@ -237,7 +265,9 @@ async fn one_entry(cfg: &SimConfig, sizes: AttackSizes, p: f64) -> Result<OneEnt
     for day in 0..3i64 {
         let now = server.set_time(day * 86_400 + 20 * 3600);
         for (k, a) in attackers.iter_mut().enumerate() {
-            if let ExposureStatus::AtRisk = a.check_status(&tr, now).await.map_err(|e| SimError::App(format!("ESR: {e}")))? {
+            if let ExposureStatus::AtRisk =
+                a.check_status(&tr, now).await.map_err(|e| SimError::App(format!("ESR: {e}")))?
+            {
                 hit[k] = true;
             }
         }
@@ -249,7 +279,8 @@ async fn one_entry(cfg: &SimConfig, sizes: AttackSizes, p: f64) -> Result<OneEnt
             _ => {}
         }
     }
-    out.inference_precision = rate(out.notified_target_declared, out.notified_target_declared + out.notified_target_not_declared);
+    out.inference_precision =
+        rate(out.notified_target_declared, out.notified_target_declared + out.notified_target_not_declared);
     Ok(out)
 }
 
@@ -261,14 +292,32 @@ async fn sybil(cfg: &SimConfig, sizes: AttackSizes) -> Result<SybilOutcome, SimE
     server.service.prepare_day_keys().await.map_err(|e| SimError::Server(e.to_string()))?;
     let tr = server.transport();
     let mut rng = crypto_rng(cfg.seed, Tag::Attack, 0x5B, 0);
-    let key = || -> String { b64_encode(AppEphemeralKey::generate(&mut crypto_rng(cfg.seed, Tag::Attack, 0x5B, 1)).public_key().as_bytes()) };
+    let key = || -> String {
+        b64_encode(
+            AppEphemeralKey::generate(&mut crypto_rng(cfg.seed, Tag::Attack, 0x5B, 1))
+                .public_key()
+                .as_bytes(),
+        )
+    };
     let n = u64::from(sizes.sybil_burst);
-    // (a) No work: a random 8-byte solution.
+    // (a) No work: a solution that does not solve the puzzle. (A blind guess solves it with
+    // probability 2^-d; `guess_success_probability` reports that figure rather than leaving a
+    // test to luck.)
     let mut without = AttackOutcome { attempts: n, ..AttackOutcome::default() };
     for i in 0..n {
         let ch = tr.challenge().await?;
-        let sol = hash(cfg.seed, Tag::Attack, 0x5B, i, 0, 0).to_be_bytes();
-        let req = RegisterRequest { challenge: ch.challenge, solution: b64_encode(&sol), client_public_key: key() };
+        let bytes = robert_proto::api::b64_decode("challenge", &ch.challenge)
+            .map_err(|e| SimError::App(e.to_string()))?;
+        let mut k = 0;
+        let sol = loop {
+            let guess = hash(cfg.seed, Tag::Attack, 0x5B, i, k, 0).to_be_bytes();
+            if ch.difficulty == 0 || !pow::verify(&bytes, &guess, ch.difficulty) {
+                break guess;
+            }
+            k += 1;
+        };
+        let req =
+            RegisterRequest { challenge: ch.challenge, solution: b64_encode(&sol), client_public_key: key() };
         if tr.register(&req).await.is_ok() {
             without.successes += 1;
         }
@@ -277,10 +326,15 @@ async fn sybil(cfg: &SimConfig, sizes: AttackSizes) -> Result<SybilOutcome, SimE
     // (b) One honest solution, replayed.
     let mut reused = AttackOutcome { attempts: n, ..AttackOutcome::default() };
     let ch = tr.challenge().await?;
-    let bytes = robert_proto::api::b64_decode("challenge", &ch.challenge).map_err(|e| SimError::App(e.to_string()))?;
+    let bytes = robert_proto::api::b64_decode("challenge", &ch.challenge)
+        .map_err(|e| SimError::App(e.to_string()))?;
     let sol = pow::solve(&bytes, ch.difficulty, 0).ok_or_else(|| SimError::App("no solution".into()))?;
     for _ in 0..n {
-        let req = RegisterRequest { challenge: ch.challenge.clone(), solution: b64_encode(&sol), client_public_key: key() };
+        let req = RegisterRequest {
+            challenge: ch.challenge.clone(),
+            solution: b64_encode(&sol),
+            client_public_key: key(),
+        };
         if tr.register(&req).await.is_ok() {
             reused.successes += 1;
         }
@@ -291,11 +345,14 @@ async fn sybil(cfg: &SimConfig, sizes: AttackSizes) -> Result<SybilOutcome, SimE
     let mut hashes = 0u64;
     for _ in 0..sizes.sybil_solves {
         let ch = tr.challenge().await?;
-        let bytes = robert_proto::api::b64_decode("challenge", &ch.challenge).map_err(|e| SimError::App(e.to_string()))?;
+        let bytes = robert_proto::api::b64_decode("challenge", &ch.challenge)
+            .map_err(|e| SimError::App(e.to_string()))?;
         let start = rand_core::Rng::next_u64(&mut rng);
-        let sol = pow::solve(&bytes, ch.difficulty, start).ok_or_else(|| SimError::App("no solution".into()))?;
+        let sol =
+            pow::solve(&bytes, ch.difficulty, start).ok_or_else(|| SimError::App("no solution".into()))?;
         hashes += u64::from_be_bytes(sol).wrapping_sub(start) + 1;
-        let req = RegisterRequest { challenge: ch.challenge, solution: b64_encode(&sol), client_public_key: key() };
+        let req =
+            RegisterRequest { challenge: ch.challenge, solution: b64_encode(&sol), client_public_key: key() };
         tr.register(&req).await?;
     }
     let solves = u64::from(sizes.sybil_solves);
@@ -303,6 +360,7 @@ async fn sybil(cfg: &SimConfig, sizes: AttackSizes) -> Result<SybilOutcome, SimE
         without_work: without,
         reused_solution: reused,
         difficulty: sizes.sybil_difficulty,
+        guess_success_probability: 0.5f64.powi(i32::from(sizes.sybil_difficulty)),
         solved: solves,
         mean_hashes: rate(hashes, solves),
         seconds_per_identity: if solves == 0 { 0.0 } else { started.elapsed().as_secs_f64() / solves as f64 },
@@ -310,7 +368,11 @@ async fn sybil(cfg: &SimConfig, sizes: AttackSizes) -> Result<SybilOutcome, SimE
 }
 
 /// Runs every scenario.
-pub fn run(cfg: &SimConfig, sizes: AttackSizes, rt: &tokio::runtime::Runtime) -> Result<AttackReport, SimError> {
+pub fn run(
+    cfg: &SimConfig,
+    sizes: AttackSizes,
+    rt: &tokio::runtime::Runtime,
+) -> Result<AttackReport, SimError> {
     rt.block_on(async {
         Ok(AttackReport {
             replay_after_2_16: relay(cfg, sizes, 0xA1, 65_536, true).await?,

@@ -116,7 +116,7 @@ impl Default for SimConfig {
             household_max: 5,
             work_fraction: 0.65,
             workplace_size: 20,
-            work_contacts: 1,
+            work_contacts: 2,
             commuter_fraction: 0.3,
             random_contacts: 0.7,
             hello_period_sec: 60,
@@ -125,7 +125,7 @@ impl Default for SimConfig {
             path_loss_exponent: 2.0,
             rssi_noise_db: 3.0,
             initial_infected: 0.01,
-            beta_per_min: 0.008,
+            beta_per_min: 0.015,
             latent_days: 3,
             infectious_days: 7,
             symptomatic_fraction: 0.6,
@@ -263,7 +263,8 @@ mod tests {
         assert_eq!(e.knob, "loss");
         let e = SimConfig { days: 0, ..SimConfig::default() }.validate().expect_err("no days");
         assert_eq!(e.knob, "days");
-        let e = SimConfig { loss_sweep: vec![0.1, -0.2], ..SimConfig::default() }.validate().expect_err("sweep");
+        let e =
+            SimConfig { loss_sweep: vec![0.1, -0.2], ..SimConfig::default() }.validate().expect_err("sweep");
         assert_eq!(e.knob, "loss-sweep");
         let e = SimConfig { beta_per_min: f64::NAN, ..SimConfig::default() }.validate().expect_err("nan");
         assert_eq!(e.knob, "beta");

@@ -158,7 +158,13 @@ enum OpResult {
     Declared(Result<(u64, u64), AppError>),
 }
 
-async fn apply<T: Transport + Sync>(app: &mut App, op: Op, t: &T, now: NtpTime, rng: &mut impl rand_core::CryptoRng) -> OpResult {
+async fn apply<T: Transport + Sync>(
+    app: &mut App,
+    op: Op,
+    t: &T,
+    now: NtpTime,
+    rng: &mut impl rand_core::CryptoRng,
+) -> OpResult {
     match op {
         Op::Register => OpResult::Registered(app.register(t, now, rng).await),
         Op::Status => {
@@ -188,7 +194,14 @@ async fn apply<T: Transport + Sync>(app: &mut App, op: Op, t: &T, now: NtpTime, 
 }
 
 /// Runs `ops` on their phones concurrently (tasks over chunks); results sorted by phone.
-fn run_ops<T>(rt: &tokio::runtime::Runtime, phones: &Phones, transport: &T, seed: u64, now: NtpTime, ops: Vec<(u32, Op)>) -> Vec<(u32, OpResult)>
+fn run_ops<T>(
+    rt: &tokio::runtime::Runtime,
+    phones: &Phones,
+    transport: &T,
+    seed: u64,
+    now: NtpTime,
+    ops: Vec<(u32, Op)>,
+) -> Vec<(u32, OpResult)>
 where
     T: Transport + Clone + Send + Sync + 'static,
 {
@@ -336,7 +349,22 @@ pub fn run_traced<S: Storage>(
             // §7: ESRs due in this epoch.
             let t_esr = slot_start + 450;
             let due = &esr_by_slot[slot as usize];
-            esr_round(cfg, rt, server, &phones, &transport, &schedule, due, t_esr, &truth, &mut epi, pop, &mut notified_at, &mut exposed_at, &mut stats)?;
+            esr_round(
+                cfg,
+                rt,
+                server,
+                &phones,
+                &transport,
+                &schedule,
+                due,
+                t_esr,
+                &truth,
+                &mut epi,
+                pop,
+                &mut notified_at,
+                &mut exposed_at,
+                &mut stats,
+            )?;
         }
         daily.push(epi.counts(day));
         progress(day + 1);
@@ -347,7 +375,22 @@ pub fn run_traced<S: Storage>(
     server.set_time(t_end);
     rt.block_on(server.service.mix_once(true)).map_err(|e| SimError::Server(e.to_string()))?;
     let all: Vec<u32> = (0..n_phones as u32).collect();
-    esr_round(cfg, rt, server, &phones, &transport, &schedule, &all, t_end, &truth, &mut epi, pop, &mut notified_at, &mut exposed_at, &mut stats)?;
+    esr_round(
+        cfg,
+        rt,
+        server,
+        &phones,
+        &transport,
+        &schedule,
+        &all,
+        t_end,
+        &truth,
+        &mut epi,
+        pop,
+        &mut notified_at,
+        &mut exposed_at,
+        &mut stats,
+    )?;
 
     let m = server.service.metrics();
     let counter = |name| m.counter(name).unwrap_or(0);
@@ -440,7 +483,8 @@ fn esr_round<S: Storage>(
             exposed_at[i as usize] = Some(t);
         }
     }
-    let ops: Vec<(u32, Op)> = due.iter().filter(|&&i| notified_at[i as usize].is_none()).map(|&i| (i, Op::Status)).collect();
+    let ops: Vec<(u32, Op)> =
+        due.iter().filter(|&&i| notified_at[i as usize].is_none()).map(|&i| (i, Op::Status)).collect();
     for (i, r) in run_ops(rt, phones, transport, cfg.seed, now, ops) {
         match r {
             OpResult::Status(Ok(ExposureStatus::AtRisk)) => {

@@ -83,7 +83,8 @@ impl Epidemic {
         for p in 0..n {
             let h = hash(cfg.seed, Tag::Seeding, p as u64, 0, 0, 0);
             if unit(h) < cfg.initial_infected {
-                let back = (unit(hash(cfg.seed, Tag::Seeding, p as u64, 1, 0, 0)) * 5.0 * f64::from(DAY)) as i64;
+                let back =
+                    (unit(hash(cfg.seed, Tag::Seeding, p as u64, 1, 0, 0)) * 5.0 * f64::from(DAY)) as i64;
                 e.infect(cfg, p, -back, has_phone(p));
             }
         }
@@ -124,7 +125,9 @@ impl Epidemic {
         let t = i64::from(day) * i64::from(DAY);
         self.health
             .iter()
-            .map(|h| !(h.diagnosed_at.is_some_and(|d| d <= t) || (h.isolating_from <= t && t < h.isolating_until)))
+            .map(|h| {
+                !(h.diagnosed_at.is_some_and(|d| d <= t) || (h.isolating_from <= t && t < h.isolating_until))
+            })
             .collect()
     }
 
@@ -147,9 +150,17 @@ impl Epidemic {
                 let d = c.distance_m();
                 let w = if d <= 1.0 { 1.0 } else { 1.0 / (d * d) };
                 let p = 1.0 - (-cfg.beta_per_min * minutes * w).exp();
-                let h = hash(cfg.seed, Tag::Transmission, u64::from(c.a), u64::from(c.b), u64::from(c.start), 0);
+                let h =
+                    hash(cfg.seed, Tag::Transmission, u64::from(c.a), u64::from(c.b), u64::from(c.start), 0);
                 if unit(h) < p {
-                    let at = unit(hash(cfg.seed, Tag::Transmission, u64::from(c.a), u64::from(c.b), u64::from(c.start), 1));
+                    let at = unit(hash(
+                        cfg.seed,
+                        Tag::Transmission,
+                        u64::from(c.a),
+                        u64::from(c.b),
+                        u64::from(c.start),
+                        1,
+                    ));
                     Some((dst, t + (at * f64::from(c.duration)) as i64))
                 } else {
                     None
@@ -177,9 +188,8 @@ impl Epidemic {
         }
         if s.chance(cfg.notified_test_rate) {
             let test = next_day + 9 * 3600;
-            let positive = h.infected_at.is_some_and(|i| {
-                i <= test - day && test < h.infectious_until + 7 * day
-            });
+            let positive =
+                h.infected_at.is_some_and(|i| i <= test - day && test < h.infectious_until + 7 * day);
             if positive {
                 let diag = test + i64::from(cfg.test_result_days) * day;
                 h.diagnosed_at = Some(h.diagnosed_at.map_or(diag, |d| d.min(diag)));

@@ -168,11 +168,17 @@ pub fn total_units(cfg: &SimConfig) -> u64 {
 }
 
 /// Runs a traced simulation of `cfg` on a fresh in-process server.
-pub fn traced_run(cfg: &SimConfig, pop: &Population, rt: &tokio::runtime::Runtime, progress: engine::Progress) -> Result<RunResult, SimError> {
+pub fn traced_run(
+    cfg: &SimConfig,
+    pop: &Population,
+    rt: &tokio::runtime::Runtime,
+    progress: engine::Progress,
+) -> Result<RunResult, SimError> {
     match cfg.store {
         Store::Memory => traced_with(cfg, pop, rt, progress, |_| Ok(MemoryStorage::new())),
         Store::Sqlite => traced_with(cfg, pop, rt, progress, |dir| {
-            SqliteStorage::open(&dir.join("robert.db"), false).map_err(|e| SimError::Server(format!("SQLite: {e}")))
+            SqliteStorage::open(&dir.join("robert.db"), false)
+                .map_err(|e| SimError::Server(format!("SQLite: {e}")))
         }),
     }
 }
@@ -195,8 +201,15 @@ fn traced_with<S: Storage>(
 pub fn simulate(cfg: &SimConfig, progress: ProgressFn) -> Result<SimResults, SimError> {
     cfg.validate()?;
     let started = std::time::Instant::now();
-    let threads = if cfg.threads == 0 { std::thread::available_parallelism().map_or(2, |n| n.get()) } else { cfg.threads };
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| SimError::Runtime(e.to_string()))?;
+    let threads = if cfg.threads == 0 {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        cfg.threads
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| SimError::Runtime(e.to_string()))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .enable_all()
@@ -216,7 +229,8 @@ pub fn simulate(cfg: &SimConfig, progress: ProgressFn) -> Result<SimResults, Sim
         let mut done = days;
         let untraced = if cfg.compare_without_tracing {
             let base = done;
-            let r = engine::run_untraced(cfg, &pop, &|d| progress("without tracing", base + u64::from(d), total));
+            let r =
+                engine::run_untraced(cfg, &pop, &|d| progress("without tracing", base + u64::from(d), total));
             done += days;
             Some(r)
         } else {
@@ -229,7 +243,9 @@ pub fn simulate(cfg: &SimConfig, progress: ProgressFn) -> Result<SimResults, Sim
             } else {
                 let c = SimConfig { loss, ..cfg.clone() };
                 let base = done;
-                let r = traced_run(&c, &pop, &rt, &|d| progress(&format!("loss {:.0} %", loss * 100.0), base + u64::from(d), total))?;
+                let r = traced_run(&c, &pop, &rt, &|d| {
+                    progress(&format!("loss {:.0} %", loss * 100.0), base + u64::from(d), total)
+                })?;
                 done += days;
                 r
             };
@@ -252,7 +268,11 @@ pub fn simulate(cfg: &SimConfig, progress: ProgressFn) -> Result<SimResults, Sim
         let phone_days = population.phones as f64 * f64::from(cfg.days);
         let measured = Measured {
             traced_run_seconds: traced.wall_seconds,
-            phone_days_per_second: if traced.wall_seconds > 0.0 { phone_days / traced.wall_seconds } else { 0.0 },
+            phone_days_per_second: if traced.wall_seconds > 0.0 {
+                phone_days / traced.wall_seconds
+            } else {
+                0.0
+            },
             total_seconds: started.elapsed().as_secs_f64(),
             threads,
         };
@@ -294,13 +314,37 @@ impl SimResults {
         ];
         let mut rows = rows;
         for l in &self.loss_sweep {
-            rows.push((format!("recall / precision at {:.0} % loss", l.loss * 100.0), format!("{} / {}", pct(l.recall), pct(l.precision))));
+            rows.push((
+                format!("recall / precision at {:.0} % loss", l.loss * 100.0),
+                format!("{} / {}", pct(l.recall), pct(l.precision)),
+            ));
         }
         if let Some(at) = &self.attacks {
-            rows.push(("attack: replay after 2^16 s".into(), format!("{} of {} victims notified", at.replay_after_2_16.successes, at.replay_after_2_16.attempts)));
-            rows.push(("attack: relay within δ".into(), format!("{} of {} victims notified", at.relay_within_delta.successes, at.relay_within_delta.attempts)));
-            rows.push(("attack: relay beyond δ".into(), format!("{} of {} victims notified", at.relay_beyond_delta.successes, at.relay_beyond_delta.attempts)));
-            rows.push(("attack: one-entry, p = 0".into(), format!("attacker certainty {}", pct(at.one_entry_deterministic.inference_precision))));
+            rows.push((
+                "attack: replay after 2^16 s".into(),
+                format!(
+                    "{} of {} victims notified",
+                    at.replay_after_2_16.successes, at.replay_after_2_16.attempts
+                ),
+            ));
+            rows.push((
+                "attack: relay within δ".into(),
+                format!(
+                    "{} of {} victims notified",
+                    at.relay_within_delta.successes, at.relay_within_delta.attempts
+                ),
+            ));
+            rows.push((
+                "attack: relay beyond δ".into(),
+                format!(
+                    "{} of {} victims notified",
+                    at.relay_beyond_delta.successes, at.relay_beyond_delta.attempts
+                ),
+            ));
+            rows.push((
+                "attack: one-entry, p = 0".into(),
+                format!("attacker certainty {}", pct(at.one_entry_deterministic.inference_precision)),
+            ));
             rows.push((
                 format!("attack: one-entry, p = {}", at.one_entry_probabilistic.p),
                 format!("attacker certainty {}", pct(at.one_entry_probabilistic.inference_precision)),
@@ -309,7 +353,10 @@ impl SimResults {
                 "attack: Sybil burst".into(),
                 format!(
                     "{} of {} without work, {} of {} with one reused solution",
-                    at.sybil.without_work.successes, at.sybil.without_work.attempts, at.sybil.reused_solution.successes, at.sybil.reused_solution.attempts
+                    at.sybil.without_work.successes,
+                    at.sybil.without_work.attempts,
+                    at.sybil.reused_solution.successes,
+                    at.sybil.reused_solution.attempts
                 ),
             ));
         }

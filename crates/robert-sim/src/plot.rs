@@ -69,7 +69,14 @@ where
     Ok(())
 }
 
-fn both(dir: &Path, name: &str, title: &str, x: &str, y: &str, series: &[Series]) -> Result<Vec<PathBuf>, String> {
+fn both(
+    dir: &Path,
+    name: &str,
+    title: &str,
+    x: &str,
+    y: &str,
+    series: &[Series],
+) -> Result<Vec<PathBuf>, String> {
     let png = dir.join(format!("{name}.png"));
     let svg = dir.join(format!("{name}.svg"));
     chart(BitMapBackend::new(&png, (960, 600)).into_drawing_area(), title, x, y, series)
@@ -89,7 +96,11 @@ pub fn write_all(results: &SimResults, dir: &Path) -> Result<Vec<PathBuf>, Strin
     let mut files = Vec::new();
     let t = &results.traced;
     let mut epi = vec![
-        Series { label: "infectious, with tracing".into(), color: RGBColor(200, 30, 30), points: daily(t, |d| d.infectious) },
+        Series {
+            label: "infectious, with tracing".into(),
+            color: RGBColor(200, 30, 30),
+            points: daily(t, |d| d.infectious),
+        },
         Series {
             label: "ever infected, with tracing".into(),
             color: RGBColor(230, 130, 20),
@@ -97,20 +108,46 @@ pub fn write_all(results: &SimResults, dir: &Path) -> Result<Vec<PathBuf>, Strin
         },
     ];
     if let Some(u) = &results.untraced {
-        epi.push(Series { label: "infectious, without tracing".into(), color: RGBColor(30, 60, 200), points: daily(u, |d| d.infectious) });
+        epi.push(Series {
+            label: "infectious, without tracing".into(),
+            color: RGBColor(30, 60, 200),
+            points: daily(u, |d| d.infectious),
+        });
         epi.push(Series {
             label: "ever infected, without tracing".into(),
             color: RGBColor(20, 160, 200),
             points: daily(u, |d| d.exposed + d.infectious + d.recovered),
         });
     }
-    files.extend(both(dir, "epidemic", "Epidemic with and without tracing (same seed)", "day", "people", &epi)?);
+    files.extend(both(
+        dir,
+        "epidemic",
+        "Epidemic with and without tracing (same seed)",
+        "day",
+        "people",
+        &epi,
+    )?);
     let notif = vec![
-        Series { label: "notified (at risk)".into(), color: RGBColor(200, 30, 30), points: daily(t, |d| d.new_notifications) },
-        Series { label: "diagnosed".into(), color: RGBColor(30, 60, 200), points: daily(t, |d| d.new_diagnoses) },
+        Series {
+            label: "notified (at risk)".into(),
+            color: RGBColor(200, 30, 30),
+            points: daily(t, |d| d.new_notifications),
+        },
+        Series {
+            label: "diagnosed".into(),
+            color: RGBColor(30, 60, 200),
+            points: daily(t, |d| d.new_diagnoses),
+        },
         Series { label: "isolating".into(), color: RGBColor(40, 150, 60), points: daily(t, |d| d.isolating) },
     ];
-    files.extend(both(dir, "notifications", "Notifications, diagnoses and isolation per day", "day", "people", &notif)?);
+    files.extend(both(
+        dir,
+        "notifications",
+        "Notifications, diagnoses and isolation per day",
+        "day",
+        "people",
+        &notif,
+    )?);
     if !results.loss_sweep.is_empty() {
         let pct = |f: &dyn Fn(&crate::LossPoint) -> f64| -> Vec<(f64, f64)> {
             results.loss_sweep.iter().map(|p| (p.loss * 100.0, f(p) * 100.0)).collect()
@@ -119,7 +156,14 @@ pub fn write_all(results: &SimResults, dir: &Path) -> Result<Vec<PathBuf>, Strin
             Series { label: "recall".into(), color: RGBColor(200, 30, 30), points: pct(&|p| p.recall) },
             Series { label: "precision".into(), color: RGBColor(30, 60, 200), points: pct(&|p| p.precision) },
         ];
-        files.extend(both(dir, "recall_by_loss", "Notification recall and precision by radio loss", "radio loss (%)", "%", &rec)?);
+        files.extend(both(
+            dir,
+            "recall_by_loss",
+            "Notification recall and precision by radio loss",
+            "radio loss (%)",
+            "%",
+            &rec,
+        )?);
     }
     Ok(files)
 }

@@ -162,12 +162,25 @@ impl Population {
                     let start = s.range(18 * 3600, 22 * 3600) as u32;
                     let duration = s.range(20 * 60, 60 * 60) as u32;
                     let distance_dm = s.range(5, 21) as u16;
-                    out.push(Contact { a, b, start: day_start + start, duration, distance_dm, setting: Setting::Household });
+                    out.push(Contact {
+                        a,
+                        b,
+                        start: day_start + start,
+                        duration,
+                        distance_dm,
+                        setting: Setting::Household,
+                    });
                 }
                 if !present[a as usize] {
                     return out;
                 }
-                let push = |out: &mut Vec<Contact>, b: u32, start: u64, dur: (u64, u64), dist: (u64, u64), setting, s: &mut Stream| {
+                let push = |out: &mut Vec<Contact>,
+                            b: u32,
+                            start: u64,
+                            dur: (u64, u64),
+                            dist: (u64, u64),
+                            setting,
+                            s: &mut Stream| {
                     let duration = s.range(dur.0, dur.1) as u32;
                     let distance_dm = s.range(dist.0, dist.1) as u16;
                     if b != a && present[b as usize] {
@@ -185,7 +198,11 @@ impl Population {
                 }
                 if working_day && me.commuter && !self.commuters.is_empty() {
                     let b = self.commuters[s.range(0, self.commuters.len() as u64) as usize];
-                    let start = if s.chance(0.5) { s.range(7 * 3600, 9 * 3600) } else { s.range(17 * 3600, 19 * 3600) };
+                    let start = if s.chance(0.5) {
+                        s.range(7 * 3600, 9 * 3600)
+                    } else {
+                        s.range(17 * 3600, 19 * 3600)
+                    };
                     push(&mut out, b, start, (5 * 60, 25 * 60), (10, 41), Setting::Transport, &mut s);
                 }
                 for _ in 0..s.poisson(cfg.random_contacts) {
@@ -246,13 +263,17 @@ mod tests {
         let all = vec![true; p.people.len()];
         let a = p.contacts(&c, 2, &all);
         assert_eq!(a, p.contacts(&c, 2, &all));
-        assert!(a.iter().all(|x| x.a != x.b && x.start >= 2 * DAY && x.end() <= 3 * DAY && x.distance_dm >= 5));
+        assert!(
+            a.iter().all(|x| x.a != x.b && x.start >= 2 * DAY && x.end() <= 3 * DAY && x.distance_dm >= 5)
+        );
         // Person 0 isolates: only household contacts involve them.
         let mut present = all.clone();
         present[0] = false;
         let b = p.contacts(&c, 2, &present);
         assert!(b.iter().filter(|x| x.a == 0 || x.b == 0).all(|x| x.setting == Setting::Household));
         // Weekends have no work or transport contacts.
-        assert!(p.contacts(&c, 5, &all).iter().all(|x| matches!(x.setting, Setting::Household | Setting::Random)));
+        assert!(
+            p.contacts(&c, 5, &all).iter().all(|x| matches!(x.setting, Setting::Household | Setting::Random))
+        );
     }
 }

@@ -155,10 +155,18 @@ mod tests {
     #[test]
     fn loss_and_overlap() {
         let phone_of = vec![Some(0), Some(1), None];
-        let c = |a, b, start, dist| Contact { a, b, start, duration: 600, distance_dm: dist, setting: Setting::Random };
+        let c = |a, b, start, dist| Contact {
+            a,
+            b,
+            start,
+            duration: 600,
+            distance_dm: dist,
+            setting: Setting::Random,
+        };
         let cfg = SimConfig { loss: 0.0, rssi_noise_db: 0.0, ..SimConfig::default() };
         // Two overlapping contacts of the same pair, and one with a person without the App.
-        let (r, pcs, stats) = receptions(&cfg, &phone_of, &[c(0, 1, 0, 30), c(1, 0, 300, 10), c(0, 2, 0, 10)]);
+        let (r, pcs, stats) =
+            receptions(&cfg, &phone_of, &[c(0, 1, 0, 30), c(1, 0, 300, 10), c(0, 2, 0, 10)]);
         // 10 minutes and 5 more (300..900) at one HELLO a minute, each way, overlap counted once.
         assert_eq!(stats, RadioStats { possible: 30, lost: 0 });
         assert_eq!(r.len(), 30);
@@ -166,7 +174,8 @@ mod tests {
         // During the overlap the nearer contact's RSSI is used.
         assert!(r.iter().filter(|x| x.t >= 300 && x.t < 600).all(|x| x.rssi == -55));
         let cfg = SimConfig { loss: 0.5, ..cfg };
-        let (r, _, stats) = receptions(&cfg, &phone_of, &[c(0, 1, 0, 10), c(0, 1, 1000, 10), c(0, 1, 2000, 10)]);
+        let (r, _, stats) =
+            receptions(&cfg, &phone_of, &[c(0, 1, 0, 10), c(0, 1, 1000, 10), c(0, 1, 2000, 10)]);
         assert_eq!(stats.possible - stats.lost, r.len() as u64);
         assert!(stats.lost > 0 && stats.lost < stats.possible);
     }

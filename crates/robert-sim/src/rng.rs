@@ -141,9 +141,18 @@ mod tests {
 
     #[test]
     fn streams_are_pure_functions_of_their_key() {
-        let a: Vec<u64> = (0..4).map(|_| 0).scan(Stream::new(7, Tag::Contacts, 1, 2, 3), |s, _| Some(s.next_u64())).collect();
-        let b: Vec<u64> = (0..4).map(|_| 0).scan(Stream::new(7, Tag::Contacts, 1, 2, 3), |s, _| Some(s.next_u64())).collect();
-        let c: Vec<u64> = (0..4).map(|_| 0).scan(Stream::new(7, Tag::Contacts, 1, 2, 4), |s, _| Some(s.next_u64())).collect();
+        let a: Vec<u64> = (0..4)
+            .map(|_| 0)
+            .scan(Stream::new(7, Tag::Contacts, 1, 2, 3), |s, _| Some(s.next_u64()))
+            .collect();
+        let b: Vec<u64> = (0..4)
+            .map(|_| 0)
+            .scan(Stream::new(7, Tag::Contacts, 1, 2, 3), |s, _| Some(s.next_u64()))
+            .collect();
+        let c: Vec<u64> = (0..4)
+            .map(|_| 0)
+            .scan(Stream::new(7, Tag::Contacts, 1, 2, 4), |s, _| Some(s.next_u64()))
+            .collect();
         assert_eq!(a, b);
         assert_ne!(a, c);
     }
@@ -167,7 +176,8 @@ mod tests {
     #[test]
     fn normal_has_unit_variance() {
         let n = 20_000u64;
-        let xs: Vec<f64> = (0..n).map(|i| normal(hash(1, Tag::Rssi, i, 0, 0, 0), hash(1, Tag::Rssi, i, 1, 0, 0))).collect();
+        let xs: Vec<f64> =
+            (0..n).map(|i| normal(hash(1, Tag::Rssi, i, 0, 0, 0), hash(1, Tag::Rssi, i, 1, 0, 0))).collect();
         let mean = xs.iter().sum::<f64>() / n as f64;
         let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n as f64;
         assert!(mean.abs() < 0.05 && (var - 1.0).abs() < 0.05, "mean {mean} var {var}");

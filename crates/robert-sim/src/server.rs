@@ -102,7 +102,12 @@ impl<S: Storage> InProcess<S> {
     }
 
     /// `n` declaration tokens valid from simulation time `t` for a day.
-    pub fn declare_tokens(&self, n: usize, t: i64, rng: &mut impl rand_core::CryptoRng) -> Result<Vec<String>, SimError> {
+    pub fn declare_tokens(
+        &self,
+        n: usize,
+        t: i64,
+        rng: &mut impl rand_core::CryptoRng,
+    ) -> Result<Vec<String>, SimError> {
         (0..n)
             .map(|_| {
                 self.authority
@@ -115,5 +120,7 @@ impl<S: Storage> InProcess<S> {
 
 /// NTP time of simulation second `t` (clamped at the service start).
 pub fn ntp(t: i64) -> NtpTime {
-    NtpTime::new(SERVICE_START_NTP.saturating_add(u32::try_from(t.max(0)).unwrap_or(u32::MAX - SERVICE_START_NTP)))
+    NtpTime::new(
+        SERVICE_START_NTP.saturating_add(u32::try_from(t.max(0)).unwrap_or(u32::MAX - SERVICE_START_NTP)),
+    )
 }

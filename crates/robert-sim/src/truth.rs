@@ -50,7 +50,14 @@ impl Truth {
 
     /// Phone `b` declares at `td` the window `(cont_start, td)`: the ideal exposures of the
     /// phones it met. Returns how many phones got an exposure.
-    pub fn declare(&mut self, cfg: &SimConfig, b: u32, cont_start: SimTime, td: SimTime, epoch_sec: u32) -> usize {
+    pub fn declare(
+        &mut self,
+        cfg: &SimConfig,
+        b: u32,
+        cont_start: SimTime,
+        td: SimTime,
+        epoch_sec: u32,
+    ) -> usize {
         let ct = i64::from(cfg.ct_days) * 86_400;
         let period = cfg.hello_period_sec;
         let mut heard: Vec<(u32, u32, u16)> = Vec::new();
@@ -112,11 +119,20 @@ impl Truth {
     }
 
     /// The scoring rule's verdict for `a` at simulation time `t` (epoch `now`).
-    pub fn at_risk(&self, a: u32, t: SimTime, now: Epoch, schedule: &EpochSchedule, ct_days: u32, rule: &RiskSection) -> bool {
+    pub fn at_risk(
+        &self,
+        a: u32,
+        t: SimTime,
+        now: Epoch,
+        schedule: &EpochSchedule,
+        ct_days: u32,
+        rule: &RiskSection,
+    ) -> bool {
         let mut merged: BTreeMap<u32, Exposure> = BTreeMap::new();
         for e in self.entries[a as usize].iter().filter(|e| e.available <= t) {
             let Some(epoch) = Epoch::new(e.epoch) else { continue };
-            let x = merged.entry(e.epoch).or_insert(Exposure { epoch, hellos: 0, rssi_sum: 0, rssi_count: 0 });
+            let x =
+                merged.entry(e.epoch).or_insert(Exposure { epoch, hellos: 0, rssi_sum: 0, rssi_count: 0 });
             x.hellos += e.hellos;
             x.rssi_sum += e.rssi_sum;
             x.rssi_count += e.hellos;

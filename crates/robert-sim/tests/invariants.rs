@@ -7,8 +7,8 @@ use robert_sim::{SimConfig, SimResults, simulate};
 fn small() -> SimConfig {
     SimConfig {
         seed: 7,
-        population: 500,
-        days: 10,
+        population: 400,
+        days: 9,
         initial_infected: 0.03,
         loss: 0.0,
         rssi_noise_db: 0.0,
@@ -70,12 +70,23 @@ fn attacks_replay_and_out_of_delta_relay_never_notify() {
     let cfg = SimConfig {
         attacks: true,
         attack_annex_a_p: 0.3,
-        attack_sizes: AttackSizes { victims: 6, one_entry_attackers: 30, sybil_burst: 20, sybil_solves: 2, sybil_difficulty: 6 },
+        attack_sizes: AttackSizes {
+            victims: 6,
+            one_entry_attackers: 30,
+            sybil_burst: 20,
+            sybil_solves: 2,
+            sybil_difficulty: 8,
+        },
         ..small()
     };
-    let at = robert_sim::attacks::run(&cfg, cfg.attack_sizes, &tokio::runtime::Runtime::new().expect("runtime")).expect("attacks");
+    let at =
+        robert_sim::attacks::run(&cfg, cfg.attack_sizes, &tokio::runtime::Runtime::new().expect("runtime"))
+            .expect("attacks");
     assert_eq!(at.replay_after_2_16.successes, 0);
-    assert!(at.replay_after_2_16.hellos_stored_by_app > 0, "the App accepts the replay: only the server stops it");
+    assert!(
+        at.replay_after_2_16.hellos_stored_by_app > 0,
+        "the App accepts the replay: only the server stops it"
+    );
     assert!(at.replay_after_2_16.pairs_rejected_by_server > 0);
     assert_eq!(at.relay_beyond_delta.successes, 0);
     assert_eq!(at.relay_beyond_delta.hellos_stored_by_app, 0);
@@ -89,6 +100,7 @@ fn attacks_replay_and_out_of_delta_relay_never_notify() {
     assert!((d.inference_precision - 1.0).abs() < f64::EPSILON);
     // Sybils: nothing without work, one registration per solved challenge.
     assert_eq!(at.sybil.without_work.successes, 0);
+    assert!((at.sybil.guess_success_probability - 1.0 / 256.0).abs() < 1e-12);
     assert_eq!(at.sybil.reused_solution.successes, 1);
     assert_eq!(at.sybil.solved, 2);
 }
