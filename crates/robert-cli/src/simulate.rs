@@ -163,8 +163,10 @@ fn parse_list(s: &str) -> Result<Vec<f64>> {
 impl SimulateArgs {
     /// The simulation configuration these flags describe.
     pub fn config(&self) -> Result<SimConfig> {
-        let mut attack_sizes = robert_sim::attacks::AttackSizes::default();
-        attack_sizes.sybil_difficulty = self.sybil_difficulty;
+        let attack_sizes = robert_sim::attacks::AttackSizes {
+            sybil_difficulty: self.sybil_difficulty,
+            ..robert_sim::attacks::AttackSizes::default()
+        };
         let cfg = SimConfig {
             seed: self.seed,
             population: self.population,

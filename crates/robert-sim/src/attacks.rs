@@ -246,7 +246,7 @@ async fn one_entry(cfg: &SimConfig, sizes: AttackSizes, p: f64) -> Result<OneEnt
             target.on_hello_received(&hello, t, Some(-55)).map_err(|e| SimError::App(e.to_string()))?;
         }
     }
-    let declares = |k: u32| hash(cfg.seed, Tag::Attack, 0x1E, u64::from(k), 0, 0) % 2 == 0;
+    let declares = |k: u32| hash(cfg.seed, Tag::Attack, 0x1E, u64::from(k), 0, 0).is_multiple_of(2);
     let mut out = OneEntryOutcome {
         p,
         attackers: u64::from(n),

@@ -82,7 +82,8 @@ pub fn receptions(
     contacts: &[Contact],
 ) -> (Vec<Reception>, Vec<(u32, PhoneContact)>, RadioStats) {
     let period = cfg.hello_period_sec;
-    let per_contact: Vec<(Vec<Reception>, Option<[(u32, PhoneContact); 2]>)> = contacts
+    type PerContact = (Vec<Reception>, Option<[(u32, PhoneContact); 2]>);
+    let per_contact: Vec<PerContact> = contacts
         .par_iter()
         .map(|c| {
             let (Some(pa), Some(pb)) = (phone_of[c.a as usize], phone_of[c.b as usize]) else {

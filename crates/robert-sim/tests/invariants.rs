@@ -7,9 +7,9 @@ use robert_sim::{SimConfig, SimResults, simulate};
 fn small() -> SimConfig {
     SimConfig {
         seed: 7,
-        population: 400,
-        days: 9,
-        initial_infected: 0.03,
+        population: 300,
+        days: 8,
+        initial_infected: 0.05,
         loss: 0.0,
         rssi_noise_db: 0.0,
         loss_sweep: vec![],
@@ -53,7 +53,7 @@ fn lossy_radio_never_notifies_without_a_true_contact() {
 
 #[test]
 fn same_seed_same_results() {
-    let cfg = SimConfig { loss: 0.2, rssi_noise_db: 3.0, compare_without_tracing: false, days: 8, ..small() };
+    let cfg = SimConfig { loss: 0.2, rssi_noise_db: 3.0, compare_without_tracing: false, days: 6, ..small() };
     let mut a = run(&cfg);
     let mut b = run(&cfg);
     // Wall-clock time is the one machine-dependent field.
