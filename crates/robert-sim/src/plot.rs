@@ -30,6 +30,7 @@ fn chart<DB: DrawingBackend>(
     x_desc: &str,
     y_desc: &str,
     series: &[Series],
+    legend: SeriesLabelPosition,
 ) -> Result<(), String>
 where
     DB::ErrorType: 'static,
@@ -62,7 +63,7 @@ where
         .label_font(("sans-serif", 14))
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
+        .position(legend)
         .draw()
         .map_err(err)?;
     root.present().map_err(err)?;
@@ -77,11 +78,17 @@ fn both(
     y: &str,
     series: &[Series],
 ) -> Result<Vec<PathBuf>, String> {
+    // The legend goes where these charts have no data: recall and precision stay high.
+    let legend = if name == "recall_by_loss" {
+        SeriesLabelPosition::LowerLeft
+    } else {
+        SeriesLabelPosition::UpperLeft
+    };
     let png = dir.join(format!("{name}.png"));
     let svg = dir.join(format!("{name}.svg"));
-    chart(BitMapBackend::new(&png, (960, 600)).into_drawing_area(), title, x, y, series)
+    chart(BitMapBackend::new(&png, (960, 600)).into_drawing_area(), title, x, y, series, legend.clone())
         .map_err(|e| format!("{}: {e}", png.display()))?;
-    chart(SVGBackend::new(&svg, (960, 600)).into_drawing_area(), title, x, y, series)
+    chart(SVGBackend::new(&svg, (960, 600)).into_drawing_area(), title, x, y, series, legend.clone())
         .map_err(|e| format!("{}: {e}", svg.display()))?;
     Ok(vec![png, svg])
 }
@@ -95,18 +102,8 @@ pub fn write_all(results: &SimResults, dir: &Path) -> Result<Vec<PathBuf>, Strin
     register_font();
     let mut files = Vec::new();
     let t = &results.traced;
-    let mut epi = vec![
-        Series {
-            label: "infectious, with tracing".into(),
-            color: RGBColor(200, 30, 30),
-            points: daily(t, |d| d.infectious),
-        },
-        Series {
-            label: "ever infected, with tracing".into(),
-            color: RGBColor(230, 130, 20),
-            points: daily(t, |d| d.exposed + d.infectious + d.recovered),
-        },
-    ];
+    // Without tracing first, so the traced curves are drawn on top where they coincide.
+    let mut epi = Vec::new();
     if let Some(u) = &results.untraced {
         epi.push(Series {
             label: "infectious, without tracing".into(),
@@ -119,6 +116,16 @@ pub fn write_all(results: &SimResults, dir: &Path) -> Result<Vec<PathBuf>, Strin
             points: daily(u, |d| d.exposed + d.infectious + d.recovered),
         });
     }
+    epi.push(Series {
+        label: "infectious, with tracing".into(),
+        color: RGBColor(200, 30, 30),
+        points: daily(t, |d| d.infectious),
+    });
+    epi.push(Series {
+        label: "ever infected, with tracing".into(),
+        color: RGBColor(230, 130, 20),
+        points: daily(t, |d| d.exposed + d.infectious + d.recovered),
+    });
     files.extend(both(
         dir,
         "epidemic",
