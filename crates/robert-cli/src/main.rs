@@ -7,6 +7,7 @@ mod bench;
 mod crypto;
 mod phone;
 mod serve;
+mod simulate;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -38,6 +39,11 @@ enum Command {
     /// One virtual phone with an encrypted state file: register, hello, receive, report, status,
     /// ack, reset, unregister, delete-history (against a running `robert serve`).
     Phone(phone::PhoneArgs),
+    /// The population simulator: real Apps against a real server, measured against ground truth
+    /// (recall, precision, epidemic with and without tracing, attacks). Every knob is a flag.
+    Simulate(Box<simulate::SimulateArgs>),
+    /// A one-minute demonstration: a small town through the whole protocol, told in plain words.
+    Demo(simulate::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +62,8 @@ fn main() -> ExitCode {
         Command::Authority(cmd) => serve::authority(&cmd),
         Command::Bench(args) => bench::run(&args),
         Command::Phone(args) => phone::run(&args, &mut std::io::stdout().lock()),
+        Command::Simulate(args) => simulate::simulate(&args, &mut std::io::stdout().lock()),
+        Command::Demo(args) => simulate::demo(&args, &mut std::io::stdout().lock()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
