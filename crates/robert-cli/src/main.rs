@@ -1,8 +1,9 @@
 //! `robert`: the one binary of the ROBERT implementation (DESIGN §5).
 //!
 //! Subcommands land with their issues; today: `crypto` (byte-level tool), `serve`, `keygen`,
-//! `authority`.
+//! `authority`, `bench`, `phone`, `audit`.
 
+mod audit;
 mod bench;
 mod crypto;
 mod phone;
@@ -38,6 +39,9 @@ enum Command {
     /// One virtual phone with an encrypted state file: register, hello, receive, report, status,
     /// ack, reset, unregister, delete-history (against a running `robert serve`).
     Phone(phone::PhoneArgs),
+    /// Audit logs (Annex B): `robert audit verify FILE` checks a hash-chained log and names the
+    /// first edited, deleted, inserted or reordered line (exit status 1).
+    Audit(audit::AuditArgs),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +60,7 @@ fn main() -> ExitCode {
         Command::Authority(cmd) => serve::authority(&cmd),
         Command::Bench(args) => bench::run(&args),
         Command::Phone(args) => phone::run(&args, &mut std::io::stdout().lock()),
+        Command::Audit(args) => audit::run(&args, &mut std::io::stdout().lock()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

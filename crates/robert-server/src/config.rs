@@ -26,6 +26,8 @@ pub struct Config {
     pub storage: StorageSection,
     /// Federation with other countries' servers (§8): peers, batching, retries, audit log.
     pub federation: FederationSection,
+    /// Flood and replay protection (rate limits, replay cache).
+    pub limits: LimitsSection,
 }
 
 /// `[server]`.
@@ -42,6 +44,10 @@ pub struct ServerSection {
     /// Largest request body accepted, bytes. Default 1 MiB: a declaration of 14 days of contacts
     /// (tens of thousands of pairs of ~60 bytes of JSON) fits; anything larger is refused unread.
     pub max_body_bytes: usize,
+    /// The hash-chained audit log (Annex B; `robert audit verify FILE` checks it): key creation
+    /// and destruction, token counts, configuration digest at start. Relative to the data
+    /// directory. Default `audit.log`; empty to emit the events through `tracing` only.
+    pub audit_log: PathBuf,
 }
 
 impl Default for ServerSection {
@@ -51,6 +57,7 @@ impl Default for ServerSection {
             data_dir: PathBuf::from("./robert-data"),
             key_dir: None,
             max_body_bytes: 1 << 20,
+            audit_log: PathBuf::from("audit.log"),
         }
     }
 }
@@ -332,6 +339,40 @@ pub struct PeerSection {
     pub public_key: String,
 }
 
+/// `[limits]`: registration rate limits and the replay cache (see [`crate::limits`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Challenges handed out per second, server-wide, beyond which `POST /register/challenge`
+    /// answers 429. Default 2000: cheap to make, but each one invites a registration. 0: no limit.
+    pub challenge_per_sec: u32,
+    /// Challenges that may be handed out at once after a quiet period. Default 4000.
+    pub challenge_burst: u32,
+    /// Registrations per second, server-wide, beyond which `POST /register` answers 429 before
+    /// any work (no PoW check, no ECDH, no write). Default 1000: about what one 2-core machine
+    /// completes (ECDH, key wrap, durable insert, sealed list); a flood beyond it is answered
+    /// cheaply instead of queueing. 0: no limit.
+    pub register_per_sec: u32,
+    /// Registrations that may arrive at once after a quiet period. Default 2000.
+    pub register_burst: u32,
+    /// Most authenticated-request MACs remembered to refuse replays inside the time tolerance.
+    /// Default 1 048 576 (~40 MB): a country of 10 M Apps sending 12 ESRs a day needs ~1400/s,
+    /// i.e. ~840 000 within a 600 s window.
+    pub replay_cache_entries: usize,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        Self {
+            challenge_per_sec: 2000,
+            challenge_burst: 4000,
+            register_per_sec: 1000,
+            register_burst: 2000,
+            replay_cache_entries: 1 << 20,
+        }
+    }
+}
+
 /// A configuration error, with the file and the reason.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -404,6 +445,9 @@ impl Config {
         let m = &self.reports;
         if m.mixer_min_batch == 0 || m.mixer_max_batch < m.mixer_min_batch || m.max_contacts == 0 {
             return bad("reports: need 0 < mixer_min_batch <= mixer_max_batch and max_contacts > 0");
+        }
+        if self.limits.replay_cache_entries == 0 {
+            return bad("limits.replay_cache_entries must be at least 1");
         }
         if self.registration.challenge_ttl_sec == 0 {
             return bad("registration.challenge_ttl_sec must be at least 1");
