@@ -215,11 +215,23 @@ impl AuditLog {
 }
 
 /// Opens the log at `path` relative to `data_dir`, or a disabled one for an empty path.
+///
+/// A directory that does not exist (a library user's in-memory service with the default data
+/// directory, never `robert serve`, which creates it first) gives a disabled log with a
+/// warning, rather than creating directories where nobody asked; an existing file that is not
+/// a valid chain is an error.
 pub fn open_in(data_dir: &Path, path: &Path) -> Result<AuditLog, AuditError> {
     if path.as_os_str().is_empty() {
         return Ok(AuditLog::disabled());
     }
     let full = if path.is_relative() { data_dir.join(path) } else { path.to_owned() };
+    if full.parent().is_some_and(|p| !p.as_os_str().is_empty() && !p.is_dir()) {
+        tracing::warn!(
+            path = %full.display(),
+            "the audit log's directory does not exist: audit events go to tracing only"
+        );
+        return Ok(AuditLog::disabled());
+    }
     AuditLog::open(&full)
 }
 
@@ -329,5 +341,9 @@ mod tests {
         let log = open_in(Path::new("/nonexistent"), Path::new("")).expect("disabled");
         log.append("start", &[]);
         assert!(log.path().is_none() && log.head().is_none());
+        let log = open_in(Path::new("/nonexistent-robert-dir"), Path::new("audit.log")).expect("disabled");
+        log.append("start", &[]);
+        assert!(log.path().is_none());
+        assert!(!Path::new("/nonexistent-robert-dir").exists());
     }
 }
