@@ -339,22 +339,27 @@ pub struct PeerSection {
     pub public_key: String,
 }
 
-/// `[limits]`: registration rate limits and the replay cache (see [`crate::limits`]).
+/// `[limits]`: flood and replay protection (see [`crate::limits`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsSection {
-    /// Challenges handed out per second, server-wide, beyond which `POST /register/challenge`
-    /// answers 429. Default 2000: cheap to make, but each one invites a registration. 0: no limit.
-    pub challenge_per_sec: u32,
-    /// Challenges that may be handed out at once after a quiet period. Default 4000.
-    pub challenge_burst: u32,
+    /// Registrations processed at once; the next one is answered 429 immediately. Default 256:
+    /// far above what honest traffic keeps in flight (a registration takes about a millisecond),
+    /// and it bounds the queued work of a flood so that the server keeps answering. 0: no cap.
+    pub register_max_in_flight: usize,
     /// Registrations per second, server-wide, beyond which `POST /register` answers 429 before
-    /// any work (no PoW check, no ECDH, no write). Default 1000: about what one 2-core machine
-    /// completes (ECDH, key wrap, durable insert, sealed list); a flood beyond it is answered
-    /// cheaply instead of queueing. 0: no limit.
+    /// any cryptographic work. Default 0 (off): set it to the rate the deployment expects (its
+    /// population's installs), which no default can know; benchmarks measure capacity without it.
     pub register_per_sec: u32,
-    /// Registrations that may arrive at once after a quiet period. Default 2000.
+    /// Registrations that may arrive at once after a quiet period (with `register_per_sec`).
+    /// Default 0 (= `register_per_sec`).
     pub register_burst: u32,
+    /// Challenges handed out per second, server-wide, beyond which `POST /register/challenge`
+    /// answers 429. Default 0 (off); each challenge is one HMAC, cheap to refuse or to serve.
+    pub challenge_per_sec: u32,
+    /// Challenges that may be handed out at once after a quiet period. Default 0
+    /// (= `challenge_per_sec`).
+    pub challenge_burst: u32,
     /// Most authenticated-request MACs remembered to refuse replays inside the time tolerance.
     /// Default 1 048 576 (~40 MB): a country of 10 M Apps sending 12 ESRs a day needs ~1400/s,
     /// i.e. ~840 000 within a 600 s window.
@@ -364,10 +369,11 @@ pub struct LimitsSection {
 impl Default for LimitsSection {
     fn default() -> Self {
         Self {
-            challenge_per_sec: 2000,
-            challenge_burst: 4000,
-            register_per_sec: 1000,
-            register_burst: 2000,
+            register_max_in_flight: 256,
+            register_per_sec: 0,
+            register_burst: 0,
+            challenge_per_sec: 0,
+            challenge_burst: 0,
             replay_cache_entries: 1 << 20,
         }
     }

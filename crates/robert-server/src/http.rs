@@ -177,8 +177,8 @@ async fn server_key<S: Storage>(State(svc): Svc<S>) -> impl IntoResponse {
     Json(ServerKeyResponse { public_key: b64_encode(svc.server_public_key().as_bytes()) })
 }
 
-/// `429` with a problem document and `Retry-After: 1`: the server-wide registration rate limit
-/// (`[limits]`) is reached. Answered before any work, so a flood costs the server little.
+/// `429` with a problem document and `Retry-After: 1`: a registration flood limit (`[limits]`:
+/// in-flight cap or rate) is reached. Answered before any work, so a flood costs little.
 fn too_many_requests() -> Response {
     let mut resp = problem(
         StatusCode::TOO_MANY_REQUESTS,
@@ -198,9 +198,9 @@ async fn challenge<S: Storage>(State(svc): Svc<S>) -> Response {
 }
 
 async fn register<S: Storage>(State(svc): Svc<S>, body: ApiJson<RegisterRequest>) -> Response {
-    if !svc.admit_registration() {
+    let Some(_in_flight) = svc.admit_registration() else {
         return too_many_requests();
-    }
+    };
     match svc.register(&body.0).await {
         Ok(r) => (StatusCode::CREATED, Json(r)).into_response(),
         Err(e) => e.into_response(),

@@ -1,5 +1,13 @@
 //! Hardening against replays and floods (issue 8): a bounded replay cache for authenticated
-//! requests, and token buckets for the registration endpoints.
+//! requests, a cap on registrations in flight, and token buckets for the registration endpoints.
+//!
+//! **Floods.** What keeps the server answering under a flood of registrations is the in-flight
+//! cap ([`InFlight`], on by default): beyond `limits.register_max_in_flight` registrations being
+//! processed, the next is answered `429` at once, so the work queued never exceeds the cap and
+//! other endpoints keep their share of the cores — without capping throughput (a benchmark
+//! with fewer concurrent clients never meets it). The token buckets ([`RateLimiter`]) add a
+//! policy: at most so many per second, server-wide; they are off by default because the right
+//! rate is the deployment's expected registrations, which no default knows.
 //!
 //! Both run on the service's clock (NTP seconds, injectable), so their behaviour is a function of
 //! the requests and that clock, never of scheduling: tests are exact.
@@ -131,6 +139,27 @@ impl RateLimiter {
     }
 }
 
+/// A cap on concurrent operations: [`InFlight::try_enter`] fails when `max` are in progress.
+pub struct InFlight {
+    permits: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+/// Held while an operation is in flight; dropping it frees the place.
+pub struct InFlightGuard(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
+
+impl InFlight {
+    /// At most `max` at once (0: no cap).
+    pub fn new(max: usize) -> Self {
+        let n = if max == 0 { tokio::sync::Semaphore::MAX_PERMITS } else { max };
+        Self { permits: std::sync::Arc::new(tokio::sync::Semaphore::new(n)) }
+    }
+
+    /// A place, or `None` when the cap is reached (answer 429).
+    pub fn try_enter(&self) -> Option<InFlightGuard> {
+        self.permits.clone().try_acquire_owned().ok().map(InFlightGuard)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,6 +189,19 @@ mod tests {
         let mut mac = [0u8; 32];
         mac[..4].copy_from_slice(&999u32.to_be_bytes());
         assert!(!c.first_use(&mac, NtpTime::new(10_000), NtpTime::new(1)));
+    }
+
+    #[test]
+    fn in_flight_cap_frees_on_drop() {
+        let cap = InFlight::new(2);
+        let a = cap.try_enter().expect("first");
+        let _b = cap.try_enter().expect("second");
+        assert!(cap.try_enter().is_none(), "third refused while two are in flight");
+        drop(a);
+        assert!(cap.try_enter().is_some());
+        let off = InFlight::new(0);
+        let held: Vec<_> = (0..10_000).map(|_| off.try_enter().expect("no cap")).collect();
+        assert_eq!(held.len(), 10_000);
     }
 
     #[test]

@@ -130,6 +130,7 @@ pub struct Service<S> {
     replay: crate::limits::ReplayCache,
     challenge_limit: crate::limits::RateLimiter,
     register_limit: crate::limits::RateLimiter,
+    register_in_flight: crate::limits::InFlight,
     /// Tokens accepted since the last audit line (declare, reset): counts only (Annex B).
     tokens_accepted: [AtomicU64; 2],
 }
@@ -175,6 +176,7 @@ impl<S: Storage> Service<S> {
         let replay = crate::limits::ReplayCache::new(l.replay_cache_entries);
         let challenge_limit = crate::limits::RateLimiter::new(l.challenge_per_sec, l.challenge_burst);
         let register_limit = crate::limits::RateLimiter::new(l.register_per_sec, l.register_burst);
+        let register_in_flight = crate::limits::InFlight::new(l.register_max_in_flight);
         Ok(Self {
             config,
             schedule,
@@ -192,6 +194,7 @@ impl<S: Storage> Service<S> {
             replay,
             challenge_limit,
             register_limit,
+            register_in_flight,
             tokens_accepted: [AtomicU64::new(0), AtomicU64::new(0)],
         })
     }
@@ -206,9 +209,11 @@ impl<S: Storage> Service<S> {
         self.challenge_limit.admit(self.now())
     }
 
-    /// Rate limit of `POST /register`: `false` means answer 429 (before any work).
-    pub fn admit_registration(&self) -> bool {
-        self.register_limit.admit(self.now())
+    /// Flood limits of `POST /register` (the in-flight cap, then the rate): `None` means answer
+    /// 429 before any work; otherwise hold the guard while registering.
+    pub fn admit_registration(&self) -> Option<crate::limits::InFlightGuard> {
+        let guard = self.register_in_flight.try_enter()?;
+        self.register_limit.admit(self.now()).then_some(guard)
     }
 
     /// Writes the counts of health-authority tokens accepted since the last call to the audit

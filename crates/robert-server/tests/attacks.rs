@@ -383,6 +383,43 @@ async fn registration_flood_is_answered_with_429() {
     server.stop().await;
 }
 
+/// A flood of concurrent registrations against the in-flight cap (on by default; 1 here).
+/// Expected: every answer is 201 or a 429 problem document — never an error, a hang or a crash —
+/// exactly the 201s created identities, and the server still answers. (Which requests meet the
+/// cap depends on scheduling, so only these invariants are asserted, not the split.)
+#[tokio::test]
+async fn registration_flood_meets_the_in_flight_cap() {
+    let mut config = test_config();
+    config.limits.register_max_in_flight = 1;
+    let server = TestServer::start(config).await;
+    let mut requests = Vec::new();
+    for _ in 0..64 {
+        let ch: ChallengeResponse =
+            server.post("/api/v1/register/challenge", &()).await.json().await.expect("json");
+        let c = b64_decode("challenge", &ch.challenge).expect("b64");
+        requests.push(RegisterRequest {
+            challenge: ch.challenge,
+            solution: b64_encode(&pow::solve(&c, ch.difficulty, 0).expect("solvable")),
+            client_public_key: b64_encode(
+                AppEphemeralKey::generate(&mut rand::rng()).public_key().as_bytes(),
+            ),
+        });
+    }
+    let flood = requests.iter().map(|r| Box::pin(server.post("/api/v1/register", r))).collect();
+    let answers = join_vec(flood).await;
+    let created = answers.iter().filter(|r| r.status() == 201).count();
+    for r in &answers {
+        assert!(r.status() == 201 || r.status() == 429, "unexpected {}", r.status());
+        if r.status() == 429 {
+            assert_eq!(r.headers()["content-type"], "application/problem+json");
+        }
+    }
+    assert!(created >= 1);
+    assert_eq!(server.service.storage().stats().await.expect("stats").users, created as u64);
+    assert_eq!(server.get("/healthz").await.status(), 200);
+    server.stop().await;
+}
+
 /// Polls every future until all are done (a minimal `join_all`).
 async fn join_vec<F: std::future::Future + Unpin>(mut futs: Vec<F>) -> Vec<F::Output> {
     let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
