@@ -91,6 +91,15 @@ impl ReplayCache {
         true
     }
 
+    /// Whether `mac` is recorded and still inside its window (a lookup only: rejected requests
+    /// call it so that their path costs what an accepted one's does).
+    pub fn contains(&self, mac: &[u8; 32], now: NtpTime) -> bool {
+        let mut tag = [0u8; 16];
+        tag.copy_from_slice(&mac[..16]);
+        let tag = u128::from_be_bytes(tag);
+        self.inner.lock().is_ok_and(|i| i.seen.get(&tag).is_some_and(|&exp| exp >= now.seconds()))
+    }
+
     /// Entries held.
     pub fn len(&self) -> usize {
         self.inner.lock().map_or(0, |i| i.seen.len())
@@ -169,6 +178,7 @@ mod tests {
         let c = ReplayCache::new(100);
         let t = NtpTime::new(1000);
         assert!(c.first_use(&[1; 32], NtpTime::new(1300), t));
+        assert!(c.contains(&[1; 32], t) && !c.contains(&[9; 32], t));
         assert!(!c.first_use(&[1; 32], NtpTime::new(1300), NtpTime::new(1300)));
         assert!(c.first_use(&[2; 32], NtpTime::new(1300), t));
         // After the window closes the entry is pruned (the request would be stale anyway).

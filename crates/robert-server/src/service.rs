@@ -13,7 +13,10 @@
 //!
 //! Every protocol-check failure is the same [`ServiceError::Rejected`], and the authenticated
 //! requests run their checks without early exit (a storage read and a MAC are always performed)
-//! so that an unknown ID, a bad MAC, an epoch mismatch or a stale time take comparable time.
+//! so that an unknown ID, a bad MAC, an epoch mismatch or a stale time take comparable time
+//! (`cargo bench -p robert-server --bench oracle` compares the distributions). An authenticated
+//! request seen before inside the time tolerance is a replay, rejected the same way
+//! ([`crate::limits`]).
 
 use crate::config::Config;
 use crate::keystore::{DayKeys, KeyError, ServerSecrets};
@@ -109,6 +112,9 @@ struct Authenticated {
     req: AuthRequest,
 }
 
+/// The associated data of the dummy wrapped session keys (no ID is 6 bytes long).
+const DUMMY_AAD: &[u8] = b"dummy!";
+
 /// Length of a proof-of-work challenge: nonce(16) ‖ expiry(4) ‖ difficulty(1) ‖ MAC(16).
 const CHALLENGE_LEN: usize = 16 + 4 + 1 + 16;
 
@@ -124,7 +130,9 @@ pub struct Service<S> {
     metrics: Metrics,
     mixer_wakeup: tokio::sync::Notify,
     pending_since: Mutex<Option<Instant>>,
-    dummy_auth: AuthKey,
+    /// Session keys of nobody, wrapped: unwrapped when a request names no record, so that an
+    /// unknown ID costs the same unwrap, key setup and MAC as a known one (timing oracle).
+    dummy_wrapped: Vec<u8>,
     federation: crate::federation::Federation,
     audit: Arc<crate::audit::AuditLog>,
     replay: crate::limits::ReplayCache,
@@ -172,6 +180,8 @@ impl<S: Storage> Service<S> {
                 ("day_keys_loaded", serde_json::json!(day_keys.days().len())),
             ],
         );
+        let dummy = SessionKeys { k_auth: KAuth::new(rand::random()), k_enc: KEnc::new(rand::random()) };
+        let dummy_wrapped = secrets.kek.wrap_session_keys(&dummy, DUMMY_AAD);
         let l = &config.limits;
         let replay = crate::limits::ReplayCache::new(l.replay_cache_entries);
         let challenge_limit = crate::limits::RateLimiter::new(l.challenge_per_sec, l.challenge_burst);
@@ -188,7 +198,7 @@ impl<S: Storage> Service<S> {
             metrics: Metrics::default(),
             mixer_wakeup: tokio::sync::Notify::new(),
             pending_since: Mutex::new(None),
-            dummy_auth: AuthKey::new(&KAuth::new(rand::random())),
+            dummy_wrapped,
             federation,
             audit,
             replay,
@@ -422,19 +432,20 @@ impl<S: Storage> Service<S> {
                 Id::new(0).expect("0 is a valid ID")
             }
         };
-        // Step 5, always performed.
+        // Step 5, always performed; with no record, a dummy is unwrapped (the same AES-GCM open).
         let record = self.storage.load_user(id).await?;
-        let keys = record
-            .as_ref()
-            .and_then(|r| self.secrets.kek.unwrap_session_keys(&r.wrapped_keys, &id.to_be_bytes()).ok());
-        // Step 6, always performed (under a dummy key when there is no record).
-        let mac_ok = match &keys {
-            Some(k) => req.verify_mac(&AuthKey::new(&k.k_auth), code).is_ok(),
-            None => {
-                let _ = req.verify_mac(&self.dummy_auth, code);
-                false
-            }
+        let unwrapped = match &record {
+            Some(r) => self.secrets.kek.unwrap_session_keys(&r.wrapped_keys, &id.to_be_bytes()).ok(),
+            None => self.secrets.kek.unwrap_session_keys(&self.dummy_wrapped, DUMMY_AAD).ok(),
         };
+        // Step 6, always performed: the key set up and the MAC checked, record or not.
+        let mac_ok =
+            unwrapped.as_ref().is_some_and(|k| req.verify_mac(&AuthKey::new(&k.k_auth), code).is_ok());
+        let keys = if record.is_some() { unwrapped } else { None };
+        if !(ok && mac_ok) {
+            // The replay cache is looked up on this path too, as accepted requests insert into it.
+            let _ = self.replay.contains(&req.mac, now);
+        }
         match (ok && mac_ok, record, keys) {
             (true, Some(record), Some(keys)) => {
                 Ok(Authenticated { id, record, keys, now: now_epoch, claimed_epoch: req.epoch, req })
@@ -444,8 +455,9 @@ impl<S: Storage> Service<S> {
     }
 
     /// Hardening: the same authenticated request (same MAC) twice inside the time window is a
-    /// replay, rejected uniformly (see [`crate::limits`]). Called once every other check of the
-    /// operation has passed, so only requests that would be accepted enter the cache.
+    /// replay, rejected uniformly (see [`crate::limits`]). Called once the request passed §7
+    /// steps 1–6 (and, for a reset, its token verified), so only authenticated requests enter
+    /// the cache: an outsider cannot fill it.
     fn first_use(&self, req: &AuthRequest) -> ServiceResult<()> {
         let tol = self.config.protocol.request_time_tolerance_sec;
         let expires = req.time.checked_add(tol).unwrap_or(NtpTime::new(u32::MAX));
