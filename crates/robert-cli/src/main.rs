@@ -1,8 +1,9 @@
 //! `robert`: the one binary of the ROBERT implementation (DESIGN §5).
 //!
 //! Subcommands land with their issues; today: `crypto` (byte-level tool), `serve`, `keygen`,
-//! `authority`.
+//! `authority`, `bench`, `phone`, `audit`.
 
+mod audit;
 mod bench;
 mod crypto;
 mod phone;
@@ -44,6 +45,9 @@ enum Command {
     Simulate(Box<simulate::SimulateArgs>),
     /// A one-minute demonstration: a small town through the whole protocol, told in plain words.
     Demo(simulate::DemoArgs),
+    /// Audit logs (Annex B): `robert audit verify FILE` checks a hash-chained log and names the
+    /// first edited, deleted, inserted or reordered line (exit status 1).
+    Audit(audit::AuditArgs),
 }
 
 fn main() -> ExitCode {
@@ -64,6 +68,7 @@ fn main() -> ExitCode {
         Command::Phone(args) => phone::run(&args, &mut std::io::stdout().lock()),
         Command::Simulate(args) => simulate::simulate(&args, &mut std::io::stdout().lock()),
         Command::Demo(args) => simulate::demo(&args, &mut std::io::stdout().lock()),
+        Command::Audit(args) => audit::run(&args, &mut std::io::stdout().lock()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -26,6 +26,8 @@ pub struct Config {
     pub storage: StorageSection,
     /// Federation with other countries' servers (§8): peers, batching, retries, audit log.
     pub federation: FederationSection,
+    /// Flood and replay protection (rate limits, replay cache).
+    pub limits: LimitsSection,
 }
 
 /// `[server]`.
@@ -42,6 +44,10 @@ pub struct ServerSection {
     /// Largest request body accepted, bytes. Default 1 MiB: a declaration of 14 days of contacts
     /// (tens of thousands of pairs of ~60 bytes of JSON) fits; anything larger is refused unread.
     pub max_body_bytes: usize,
+    /// The hash-chained audit log (Annex B; `robert audit verify FILE` checks it): key creation
+    /// and destruction, token counts, configuration digest at start. Relative to the data
+    /// directory. Default `audit.log`; empty to emit the events through `tracing` only.
+    pub audit_log: PathBuf,
 }
 
 impl Default for ServerSection {
@@ -51,6 +57,7 @@ impl Default for ServerSection {
             data_dir: PathBuf::from("./robert-data"),
             key_dir: None,
             max_body_bytes: 1 << 20,
+            audit_log: PathBuf::from("audit.log"),
         }
     }
 }
@@ -332,6 +339,46 @@ pub struct PeerSection {
     pub public_key: String,
 }
 
+/// `[limits]`: flood and replay protection (see [`crate::limits`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Registrations processed at once; the next one is answered 429 immediately. Default 256:
+    /// far above what honest traffic keeps in flight (a registration takes about a millisecond),
+    /// and it bounds the queued work of a flood so that the server keeps answering. 0: no cap.
+    pub register_max_in_flight: usize,
+    /// Registrations per second, server-wide, beyond which `POST /register` answers 429 before
+    /// any cryptographic work. Default 0 (off): set it to the rate the deployment expects (its
+    /// population's installs), which no default can know; benchmarks measure capacity without it.
+    pub register_per_sec: u32,
+    /// Registrations that may arrive at once after a quiet period (with `register_per_sec`).
+    /// Default 0 (= `register_per_sec`).
+    pub register_burst: u32,
+    /// Challenges handed out per second, server-wide, beyond which `POST /register/challenge`
+    /// answers 429. Default 0 (off); each challenge is one HMAC, cheap to refuse or to serve.
+    pub challenge_per_sec: u32,
+    /// Challenges that may be handed out at once after a quiet period. Default 0
+    /// (= `challenge_per_sec`).
+    pub challenge_burst: u32,
+    /// Most authenticated-request MACs remembered to refuse replays inside the time tolerance.
+    /// Default 1 048 576 (~40 MB): a country of 10 M Apps sending 12 ESRs a day needs ~1400/s,
+    /// i.e. ~840 000 within a 600 s window.
+    pub replay_cache_entries: usize,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        Self {
+            register_max_in_flight: 256,
+            register_per_sec: 0,
+            register_burst: 0,
+            challenge_per_sec: 0,
+            challenge_burst: 0,
+            replay_cache_entries: 1 << 20,
+        }
+    }
+}
+
 /// A configuration error, with the file and the reason.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -404,6 +451,9 @@ impl Config {
         let m = &self.reports;
         if m.mixer_min_batch == 0 || m.mixer_max_batch < m.mixer_min_batch || m.max_contacts == 0 {
             return bad("reports: need 0 < mixer_min_batch <= mixer_max_batch and max_contacts > 0");
+        }
+        if self.limits.replay_cache_entries == 0 {
+            return bad("limits.replay_cache_entries must be at least 1");
         }
         if self.registration.challenge_ttl_sec == 0 {
             return bad("registration.challenge_ttl_sec must be at least 1");

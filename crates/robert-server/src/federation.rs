@@ -24,8 +24,6 @@ use robert_proto::api::{b64_decode, b64_encode};
 use robert_proto::{CountryCode, NtpTime, UploadRecord};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
@@ -257,7 +255,7 @@ pub struct Federation {
     /// Built only when there are peers (a server without federation never makes one).
     client: Option<reqwest::Client>,
     wakeup: Notify,
-    audit: AuditLog,
+    audit: crate::audit::AuditLog,
     /// The last batch each peer's loop tried, to tell a first send from a retry.
     last_attempt: Mutex<HashMap<u8, BatchId>>,
 }
@@ -297,13 +295,9 @@ impl Federation {
                 .map_err(|e| format!("federation HTTP client: {e}"))?;
             Some(client)
         };
-        let audit_path = (!f.audit_log.as_os_str().is_empty()).then(|| {
-            if f.audit_log.is_relative() {
-                config.server.data_dir.join(&f.audit_log)
-            } else {
-                f.audit_log.clone()
-            }
-        });
+        // The hash-chained audit log (Annex B, `crate::audit`), its own file.
+        let audit = crate::audit::open_in(&config.server.data_dir, &f.audit_log)
+            .map_err(|e| format!("federation.audit_log: {e}"))?;
         Ok(Self {
             own: CountryCode::new(config.protocol.country_code),
             config: f.clone(),
@@ -312,7 +306,7 @@ impl Federation {
             signing,
             client,
             wakeup: Notify::new(),
-            audit: AuditLog { path: audit_path, file: Mutex::new(None) },
+            audit,
             last_attempt: Mutex::new(HashMap::new()),
         })
     }
@@ -333,52 +327,19 @@ impl Federation {
         self.wakeup.notify_waiters();
     }
 
-    /// The one place audit events are written (a hash-chained log can replace it here).
+    /// The one place federation audit events are written: the hash-chained log of
+    /// [`crate::audit`] (batch ID, sequence number and pair count; never a pair).
     fn audit(&self, event: &'static str, peer: CountryCode, id: BatchId, seq: u64, pairs: u64) {
         tracing::info!(target: AUDIT_TARGET, event, peer = peer.value(), batch = %id, seq, pairs);
-        self.audit.append(event, peer, id, seq, pairs);
-    }
-}
-
-/// The append-only audit file: one JSON line per event, opened on first use.
-struct AuditLog {
-    path: Option<PathBuf>,
-    file: Mutex<Option<std::fs::File>>,
-}
-
-impl AuditLog {
-    fn append(&self, event: &str, peer: CountryCode, id: BatchId, seq: u64, pairs: u64) {
-        let Some(path) = &self.path else { return };
-        let unix = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let mut line = serde_json::json!({
-            "time": unix,
-            "event": event,
-            "peer": peer.value(),
-            "batch": id.to_string(),
-            "seq": seq,
-            "pairs": pairs,
-        })
-        .to_string();
-        line.push('\n');
-        let Ok(mut guard) = self.file.lock() else { return };
-        if guard.is_none() {
-            match std::fs::OpenOptions::new().create(true).append(true).open(path) {
-                Ok(f) => *guard = Some(f),
-                Err(e) => {
-                    let path = path.display();
-                    tracing::error!(error = %e, %path, "cannot open the federation audit log");
-                    return;
-                }
-            }
-        }
-        if let Some(f) = guard.as_mut()
-            && let Err(e) = f.write_all(line.as_bytes()).and_then(|()| f.sync_data())
-        {
-            tracing::error!(error = %e, "cannot append to the federation audit log");
-        }
+        self.audit.append(
+            event,
+            &[
+                ("peer", serde_json::json!(peer.value())),
+                ("batch", serde_json::json!(id.to_string())),
+                ("seq", serde_json::json!(seq)),
+                ("pairs", serde_json::json!(pairs)),
+            ],
+        );
     }
 }
 

@@ -177,15 +177,34 @@ async fn server_key<S: Storage>(State(svc): Svc<S>) -> impl IntoResponse {
     Json(ServerKeyResponse { public_key: b64_encode(svc.server_public_key().as_bytes()) })
 }
 
-async fn challenge<S: Storage>(State(svc): Svc<S>) -> impl IntoResponse {
-    Json(svc.challenge())
+/// `429` with a problem document and `Retry-After: 1`: a registration flood limit (`[limits]`:
+/// in-flight cap or rate) is reached. Answered before any work, so a flood costs little.
+fn too_many_requests() -> Response {
+    let mut resp = problem(
+        StatusCode::TOO_MANY_REQUESTS,
+        "Too Many Requests",
+        "registration rate limit reached; retry later".into(),
+        None,
+    );
+    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    resp
 }
 
-async fn register<S: Storage>(
-    State(svc): Svc<S>,
-    ApiJson(body): ApiJson<RegisterRequest>,
-) -> Result<impl IntoResponse, ServiceError> {
-    Ok((StatusCode::CREATED, Json(svc.register(&body).await?)))
+async fn challenge<S: Storage>(State(svc): Svc<S>) -> Response {
+    if !svc.admit_challenge() {
+        return too_many_requests();
+    }
+    Json(svc.challenge()).into_response()
+}
+
+async fn register<S: Storage>(State(svc): Svc<S>, body: ApiJson<RegisterRequest>) -> Response {
+    let Some(_in_flight) = svc.admit_registration() else {
+        return too_many_requests();
+    };
+    match svc.register(&body.0).await {
+        Ok(r) => (StatusCode::CREATED, Json(r)).into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
 async fn status<S: Storage>(

@@ -1,5 +1,6 @@
 //! Background jobs, owned and stoppable (STYLE §4): the mixer (§6.1–6.2) and the per-epoch upkeep
-//! (day keys ahead of need, expiry of LEE_A, used tokens and old day keys: footnotes 5 and 17), and
+//! (day keys ahead of need, expiry of LEE_A, used tokens and old day keys: footnotes 5 and 17; the
+//! audit log's token counts), and
 //! one federation delivery loop per configured peer (§8).
 
 use crate::service::Service;
@@ -49,6 +50,8 @@ async fn upkeep<S: Storage>(service: Arc<Service<S>>, mut stop: watch::Receiver<
             Ok(_) => {}
             Err(e) => tracing::error!(error = %e, "expiry failed"),
         }
+        service.audit_token_counts(); // Annex B: counts per epoch, never one line per token
+
         tokio::select! {
             _ = tokio::time::sleep(period) => {}
             _ = stop.changed() => return,

@@ -80,8 +80,28 @@ pub fn keygen(dir: &Path, rng: &mut (impl rand_core::CryptoRng + ?Sized)) -> Res
     let public = dir.join(REGISTRATION_PUBLIC_FILE);
     std::fs::write(&public, format!("{}\n", hex::encode(pair.public_key().as_bytes())))
         .map_err(|source| KeyError::Io { path: public, source })?;
-    keygen_federation_signing(dir, rng)
+    keygen_federation_signing(dir, rng)?;
+    // Annex B: key creation, in the key directory's own audit log (the server's log lives in its
+    // data directory, which may not exist yet). Public fingerprints only.
+    let audit = crate::audit::AuditLog::open(&dir.join(KEYGEN_AUDIT_FILE))
+        .map_err(|e| KeyError::Io { path: dir.join(KEYGEN_AUDIT_FILE), source: std::io::Error::other(e) })?;
+    audit.append(
+        "keys-created",
+        &[
+            ("keys", serde_json::json!(["K_G", "sk_S", "KEK", "federation-signing"])),
+            (
+                "server_key_sha256",
+                serde_json::json!(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+                    pair.public_key().as_bytes()
+                ))),
+            ),
+        ],
+    );
+    Ok(())
 }
+
+/// The key directory's audit log (hash-chained, `crate::audit`): `robert keygen` records there.
+pub const KEYGEN_AUDIT_FILE: &str = "keygen-audit.log";
 
 /// Writes a fresh federation signing key (Ed25519 seed, mode 0600) and its public key into `dir`
 /// (§8). Refuses to overwrite. `robert keygen` calls it; on its own it equips a key directory made
@@ -304,6 +324,8 @@ impl fmt::Debug for ServerSecrets {
 #[derive(Default)]
 pub struct DayKeys {
     cache: RwLock<BTreeMap<u32, Arc<EbidCipher>>>,
+    /// Where key creation is recorded (Annex B), once attached.
+    audit: std::sync::OnceLock<Arc<crate::audit::AuditLog>>,
 }
 
 /// The associated data that binds a wrapped day key to its day.
@@ -320,7 +342,12 @@ impl DayKeys {
         for (day, wrapped) in storage.server_keys().await? {
             map.insert(day, Arc::new(Self::expand(kek, day, &wrapped)?));
         }
-        Ok(Self { cache: RwLock::new(map) })
+        Ok(Self { cache: RwLock::new(map), audit: std::sync::OnceLock::new() })
+    }
+
+    /// Records every day key this instance creates from now on in `audit` (Annex B).
+    pub fn attach_audit(&self, audit: Arc<crate::audit::AuditLog>) {
+        let _ = self.audit.set(audit);
     }
 
     fn expand(kek: &Kek, day: u32, wrapped: &[u8]) -> Result<EbidCipher, KeyError> {
@@ -366,7 +393,13 @@ impl DayKeys {
         let fresh = ServerKey::new(rand::random());
         let wrapped = kek.wrap(fresh.expose_secret(), &day_aad(day));
         drop(fresh);
-        let in_force = storage.put_server_key(day, wrapped).await?;
+        let in_force = storage.put_server_key(day, wrapped.clone()).await?;
+        if in_force == wrapped
+            && let Some(audit) = self.audit.get()
+        {
+            // Rotation (§3.1 footnote 5): a fresh K_S for a new day; the day is a public date.
+            audit.append("day-key-created", &[("day", serde_json::json!(day))]);
+        }
         let cipher = Arc::new(Self::expand(kek, day, &in_force)?);
         let mut cache = self.cache.write().expect("day-key lock is never poisoned: no panics inside");
         Ok(cache.entry(day).or_insert(cipher).clone())

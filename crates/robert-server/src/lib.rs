@@ -14,17 +14,21 @@
 //! | [`federation`] | §8: batches of pairs between countries' servers (format, signature, receiving, delivery, audit) |
 //! | [`jobs`] | the background mixer, the per-epoch upkeep, the federation delivery loops |
 //! | [`config`] | every tunable, with its default and reason |
+//! | [`audit`] | Annex B: the append-only, hash-chained audit log (keys, token counts, configuration, federation batches) and its verifier |
+//! | [`limits`] | hardening: the replay cache of authenticated requests, the registration rate limits |
 //! | [`metrics`] | Prometheus counters (no identifiers) |
 //!
 //! Invariants: secrets are handled only in [`keystore`] (and wrapped before storage); logs,
 //! metrics and errors never carry an ID, EBID, HELLO, key, token or client address; every protocol
 //! check failure is the same uniform rejection.
 
+pub mod audit;
 pub mod config;
 pub mod federation;
 pub mod http;
 pub mod jobs;
 pub mod keystore;
+pub mod limits;
 pub mod metrics;
 pub mod risk;
 pub mod service;

@@ -13,7 +13,10 @@
 //!
 //! Every protocol-check failure is the same [`ServiceError::Rejected`], and the authenticated
 //! requests run their checks without early exit (a storage read and a MAC are always performed)
-//! so that an unknown ID, a bad MAC, an epoch mismatch or a stale time take comparable time.
+//! so that an unknown ID, a bad MAC, an epoch mismatch or a stale time take comparable time
+//! (`cargo bench -p robert-server --bench oracle` compares the distributions). An authenticated
+//! request seen before inside the time tolerance is a replay, rejected the same way
+//! ([`crate::limits`]).
 
 use crate::config::Config;
 use crate::keystore::{DayKeys, KeyError, ServerSecrets};
@@ -35,7 +38,9 @@ use robert_proto::{
     AuthKey, AuthRequest, CountryCode, DecodeError, Epoch, EpochSchedule, Id, KAuth, KEnc, NtpTime,
     PublicKey, RequestCode, SessionKeys, UploadRecord,
 };
+use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -104,7 +109,11 @@ struct Authenticated {
     keys: SessionKeys,
     now: Epoch,
     claimed_epoch: Epoch,
+    req: AuthRequest,
 }
+
+/// The associated data of the dummy wrapped session keys (no ID is 6 bytes long).
+const DUMMY_AAD: &[u8] = b"dummy!";
 
 /// Length of a proof-of-work challenge: nonce(16) ‖ expiry(4) ‖ difficulty(1) ‖ MAC(16).
 const CHALLENGE_LEN: usize = 16 + 4 + 1 + 16;
@@ -121,8 +130,17 @@ pub struct Service<S> {
     metrics: Metrics,
     mixer_wakeup: tokio::sync::Notify,
     pending_since: Mutex<Option<Instant>>,
-    dummy_auth: AuthKey,
+    /// Session keys of nobody, wrapped: unwrapped when a request names no record, so that an
+    /// unknown ID costs the same unwrap, key setup and MAC as a known one (timing oracle).
+    dummy_wrapped: Vec<u8>,
     federation: crate::federation::Federation,
+    audit: Arc<crate::audit::AuditLog>,
+    replay: crate::limits::ReplayCache,
+    challenge_limit: crate::limits::RateLimiter,
+    register_limit: crate::limits::RateLimiter,
+    register_in_flight: crate::limits::InFlight,
+    /// Tokens accepted since the last audit line (declare, reset): counts only (Annex B).
+    tokens_accepted: [AtomicU64; 2],
 }
 
 impl<S: Storage> Service<S> {
@@ -140,6 +158,35 @@ impl<S: Storage> Service<S> {
         let schedule = EpochSchedule::new(service_start, config.protocol.epoch_duration_sec)
             .ok_or_else(|| ServiceError::Internal("epoch duration must be positive".into()))?;
         let day_keys = DayKeys::load(&storage, &secrets.kek).await?;
+        let audit = Arc::new(
+            crate::audit::open_in(&config.server.data_dir, &config.server.audit_log)
+                .map_err(|e| ServiceError::Internal(format!("server.audit_log: {e}")))?,
+        );
+        day_keys.attach_audit(audit.clone());
+        // Annex B: the configuration in force (a digest: it holds no secret, but the log holds
+        // no paths either) and the public key's fingerprint, at every start.
+        let config_json = serde_json::to_vec(&config).map_err(|e| ServiceError::Internal(e.to_string()))?;
+        audit.append(
+            "start",
+            &[
+                ("version", serde_json::json!(env!("CARGO_PKG_VERSION"))),
+                ("config_sha256", serde_json::json!(hex::encode(Sha256::digest(&config_json)))),
+                (
+                    "server_key_sha256",
+                    serde_json::json!(hex::encode(Sha256::digest(
+                        secrets.registration.public_key().as_bytes()
+                    ))),
+                ),
+                ("day_keys_loaded", serde_json::json!(day_keys.days().len())),
+            ],
+        );
+        let dummy = SessionKeys { k_auth: KAuth::new(rand::random()), k_enc: KEnc::new(rand::random()) };
+        let dummy_wrapped = secrets.kek.wrap_session_keys(&dummy, DUMMY_AAD);
+        let l = &config.limits;
+        let replay = crate::limits::ReplayCache::new(l.replay_cache_entries);
+        let challenge_limit = crate::limits::RateLimiter::new(l.challenge_per_sec, l.challenge_burst);
+        let register_limit = crate::limits::RateLimiter::new(l.register_per_sec, l.register_burst);
+        let register_in_flight = crate::limits::InFlight::new(l.register_max_in_flight);
         Ok(Self {
             config,
             schedule,
@@ -151,9 +198,46 @@ impl<S: Storage> Service<S> {
             metrics: Metrics::default(),
             mixer_wakeup: tokio::sync::Notify::new(),
             pending_since: Mutex::new(None),
-            dummy_auth: AuthKey::new(&KAuth::new(rand::random())),
+            dummy_wrapped,
             federation,
+            audit,
+            replay,
+            challenge_limit,
+            register_limit,
+            register_in_flight,
+            tokens_accepted: [AtomicU64::new(0), AtomicU64::new(0)],
         })
+    }
+
+    /// The audit log (Annex B).
+    pub fn audit(&self) -> &crate::audit::AuditLog {
+        &self.audit
+    }
+
+    /// Rate limit of `POST /register/challenge`: `false` means answer 429.
+    pub fn admit_challenge(&self) -> bool {
+        self.challenge_limit.admit(self.now())
+    }
+
+    /// Flood limits of `POST /register` (the in-flight cap, then the rate): `None` means answer
+    /// 429 before any work; otherwise hold the guard while registering.
+    pub fn admit_registration(&self) -> Option<crate::limits::InFlightGuard> {
+        let guard = self.register_in_flight.try_enter()?;
+        self.register_limit.admit(self.now()).then_some(guard)
+    }
+
+    /// Writes the counts of health-authority tokens accepted since the last call to the audit
+    /// log (nothing when there were none). Run by the upkeep job every epoch, so the log shows
+    /// volumes per epoch, never one line per declaration (which would time-stamp each one).
+    pub fn audit_token_counts(&self) {
+        let declare = self.tokens_accepted[0].swap(0, Ordering::Relaxed);
+        let reset = self.tokens_accepted[1].swap(0, Ordering::Relaxed);
+        if declare + reset > 0 {
+            self.audit.append(
+                "tokens-accepted",
+                &[("declare", serde_json::json!(declare)), ("reset", serde_json::json!(reset))],
+            );
+        }
     }
 
     /// The configuration in force.
@@ -348,31 +432,47 @@ impl<S: Storage> Service<S> {
                 Id::new(0).expect("0 is a valid ID")
             }
         };
-        // Step 5, always performed.
+        // Step 5, always performed; with no record, a dummy is unwrapped (the same AES-GCM open).
         let record = self.storage.load_user(id).await?;
-        let keys = record
-            .as_ref()
-            .and_then(|r| self.secrets.kek.unwrap_session_keys(&r.wrapped_keys, &id.to_be_bytes()).ok());
-        // Step 6, always performed (under a dummy key when there is no record).
-        let mac_ok = match &keys {
-            Some(k) => req.verify_mac(&AuthKey::new(&k.k_auth), code).is_ok(),
-            None => {
-                let _ = req.verify_mac(&self.dummy_auth, code);
-                false
-            }
+        let unwrapped = match &record {
+            Some(r) => self.secrets.kek.unwrap_session_keys(&r.wrapped_keys, &id.to_be_bytes()).ok(),
+            None => self.secrets.kek.unwrap_session_keys(&self.dummy_wrapped, DUMMY_AAD).ok(),
         };
+        // Step 6, always performed: the key set up and the MAC checked, record or not.
+        let mac_ok =
+            unwrapped.as_ref().is_some_and(|k| req.verify_mac(&AuthKey::new(&k.k_auth), code).is_ok());
+        let keys = if record.is_some() { unwrapped } else { None };
+        if !(ok && mac_ok) {
+            // The replay cache is looked up on this path too, as accepted requests insert into it.
+            let _ = self.replay.contains(&req.mac, now);
+        }
         match (ok && mac_ok, record, keys) {
             (true, Some(record), Some(keys)) => {
-                Ok(Authenticated { id, record, keys, now: now_epoch, claimed_epoch: req.epoch })
+                Ok(Authenticated { id, record, keys, now: now_epoch, claimed_epoch: req.epoch, req })
             }
             _ => Err(ServiceError::Rejected),
         }
     }
 
+    /// Hardening: the same authenticated request (same MAC) twice inside the time window is a
+    /// replay, rejected uniformly (see [`crate::limits`]). Called once the request passed §7
+    /// steps 1–6 (and, for a reset, its token verified), so only authenticated requests enter
+    /// the cache: an outsider cannot fill it.
+    fn first_use(&self, req: &AuthRequest) -> ServiceResult<()> {
+        let tol = self.config.protocol.request_time_tolerance_sec;
+        let expires = req.time.checked_add(tol).unwrap_or(NtpTime::new(u32::MAX));
+        if self.replay.first_use(&req.mac, expires, self.now()) {
+            Ok(())
+        } else {
+            Err(ServiceError::Rejected)
+        }
+    }
+
     /// `POST /api/v1/status` (§7).
     pub async fn status(&self, body: &AuthRequestBody) -> ServiceResult<StatusResponse> {
-        let Authenticated { id, record, keys, now, claimed_epoch } =
+        let Authenticated { id, record, keys, now, claimed_epoch, req } =
             self.authenticate(body, RequestCode::StatusRequest).await?;
+        self.first_use(&req)?;
         // Steps 7–8, first from the record read (so every rejection costs the same), then again
         // atomically in storage (so concurrent requests and replicas cannot both pass).
         let t = self.config.protocol.esr_min_interval_epochs;
@@ -417,19 +517,25 @@ impl<S: Storage> Service<S> {
 
     /// `POST /api/v1/status/ack` (code 5).
     pub async fn acknowledge(&self, body: &AuthRequestBody) -> ServiceResult<()> {
-        let id = self.authenticate(body, RequestCode::StatusAck).await?.id;
+        let auth = self.authenticate(body, RequestCode::StatusAck).await?;
+        self.first_use(&auth.req)?;
+        let id = auth.id;
         if self.storage.acknowledge(id).await? { Ok(()) } else { Err(ServiceError::Rejected) }
     }
 
     /// `POST /api/v1/unregister` (Annex C, code 3).
     pub async fn unregister(&self, body: &AuthRequestBody) -> ServiceResult<()> {
-        let id = self.authenticate(body, RequestCode::Unregister).await?.id;
+        let auth = self.authenticate(body, RequestCode::Unregister).await?;
+        self.first_use(&auth.req)?;
+        let id = auth.id;
         if self.storage.unregister(id).await? { Ok(()) } else { Err(ServiceError::Rejected) }
     }
 
     /// `POST /api/v1/delete-history` (Annex C, code 4).
     pub async fn delete_history(&self, body: &AuthRequestBody) -> ServiceResult<()> {
-        let id = self.authenticate(body, RequestCode::DeleteHistory).await?.id;
+        let auth = self.authenticate(body, RequestCode::DeleteHistory).await?;
+        self.first_use(&auth.req)?;
+        let id = auth.id;
         if self.storage.delete_history(id).await? { Ok(()) } else { Err(ServiceError::Rejected) }
     }
 
@@ -438,12 +544,20 @@ impl<S: Storage> Service<S> {
         let auth = self.authenticate(&body.request, RequestCode::StatusReset).await;
         let token = self.authorities.verify(&body.token, Purpose::Reset, self.now().to_unix());
         let (id, token) = match (auth, token) {
-            (Ok(a), Ok(t)) => (a.id, t),
+            (Ok(a), Ok(t)) => {
+                self.first_use(&a.req)?;
+                (a.id, t)
+            }
             (Err(e @ ServiceError::BadRequest { .. }), _) => return Err(e),
             _ => return Err(ServiceError::Rejected),
         };
         let spent = TokenUse { jti: format!("jwt:{}", token.jti), expires_unix: token.exp };
-        if self.storage.reset_status(id, spent).await? { Ok(()) } else { Err(ServiceError::Rejected) }
+        if self.storage.reset_status(id, spent).await? {
+            self.tokens_accepted[1].fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        } else {
+            Err(ServiceError::Rejected)
+        }
     }
 
     /// `POST /api/v1/report` (§6.1): checks the token, stores the pairs durably in the shared pool
@@ -470,6 +584,7 @@ impl<S: Storage> Service<S> {
             return Err(ServiceError::Rejected);
         }
         self.metrics.pairs_accepted(n);
+        self.tokens_accepted[0].fetch_add(1, Ordering::Relaxed);
         self.pending_since
             .lock()
             .expect("mixer lock is never poisoned: no panics inside")
@@ -670,7 +785,18 @@ impl<S: Storage> Service<S> {
         let today = (now.to_unix() / 86_400) as u32;
         let keys_before = today.saturating_sub(self.config.protocol.ct_days);
         let stats = self.storage.expire(lee_before, now.to_unix(), keys_before).await?;
-        self.day_keys.forget_before(keys_before);
+        let in_memory = self.day_keys.forget_before(keys_before);
+        if stats.server_keys > 0 || in_memory > 0 {
+            // Footnote 5: K_S destroyed after CT days (the day numbers are public dates).
+            self.audit.append(
+                "day-keys-destroyed",
+                &[
+                    ("before_day", serde_json::json!(keys_before)),
+                    ("stored", serde_json::json!(stats.server_keys)),
+                    ("in_memory", serde_json::json!(in_memory)),
+                ],
+            );
+        }
         Ok(stats)
     }
 

@@ -51,6 +51,9 @@ async fn spec_flow_declare_notify_ack_reset() {
     let s: StatusResponse = a.status(&server).await.json().await.expect("json");
     assert!(s.at_risk);
     // …and is told again, inside T, until she acknowledges (a lost reply must not lose the alert).
+    // The retry is a new request (a second later): the same bytes again would be a replay
+    // (tests/attacks.rs `replayed_authenticated_requests_are_rejected`).
+    server.advance(1);
     let s: StatusResponse = a.status(&server).await.json().await.expect("json");
     assert!(s.at_risk);
     let resp = server.post("/api/v1/status/ack", &a.request(&server, RequestCode::StatusAck)).await;

@@ -130,8 +130,20 @@ async fn at_risk(app: &mut TestApp, server: &TestServer) -> bool {
     resp.json::<StatusResponse>().await.expect("json").at_risk
 }
 
+/// The federation events of a hash-chained audit log (`robert_server::audit`), each flattened to
+/// its fields plus `event` and `time`; the chain must verify.
 fn audit_events(audit: &str) -> Vec<serde_json::Value> {
-    audit.lines().map(|l| serde_json::from_str(l).expect("one JSON object per line")).collect()
+    robert_server::audit::verify_reader(audit.as_bytes()).expect("the audit chain verifies");
+    audit
+        .lines()
+        .map(|l| {
+            let line: serde_json::Value = serde_json::from_str(l).expect("one JSON object per line");
+            let mut flat = line["fields"].as_object().expect("fields").clone();
+            flat.insert("event".into(), line["event"].clone());
+            flat.insert("time".into(), line["time"].clone());
+            serde_json::Value::Object(flat)
+        })
+        .collect()
 }
 
 /// Sum of HELLO counts over every LEE_A row of a server's database.
