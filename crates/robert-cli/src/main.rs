@@ -52,9 +52,16 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The server logs its life at `info`; the commands that run a server in-process as a means
+    // (demo, simulate, bench) keep their own output readable and show warnings only. `RUST_LOG`
+    // overrides both.
+    let default_level = match cli.command {
+        Command::Demo(_) | Command::Simulate(_) | Command::Bench(_) => "warn",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_level.into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
