@@ -399,13 +399,30 @@ impl App {
         let hello = Hello::parse(bytes)?;
         let t = self.server_time(now);
         self.purge_expired(now);
-        if !hello.time().within_delta(t, self.config.hello_delta_sec) {
+        let delta = self.config.hello_delta_sec;
+        if !hello.time().within_delta(t, delta) {
             return Err(ReceiveError::OutsideDelta);
         }
-        if self.contacts.iter().any(|c| c.hello == hello) {
-            return Err(ReceiveError::Duplicate);
+        // The list is kept in reception-time order. A copy of this HELLO was accepted only within
+        // δ of its 16-bit time, as this one is: within 2δ of `t`, or of `t` minus a multiple of
+        // 2^16 s (a replay after the 16-bit time wrapped). Only those stretches are searched.
+        let ct = self.config.ct_days.saturating_mul(DAY);
+        let window = 2 * u32::from(delta);
+        let mut back = 0u32;
+        while back <= ct.saturating_add(window) {
+            let centre = t.seconds().saturating_sub(back);
+            let lo = self.contacts.partition_point(|c| c.time.seconds() < centre.saturating_sub(window));
+            let hi = self.contacts.partition_point(|c| c.time.seconds() <= centre.saturating_add(window));
+            if self.contacts[lo..hi].iter().any(|c| c.hello == hello) {
+                return Err(ReceiveError::Duplicate);
+            }
+            if centre == 0 {
+                break;
+            }
+            back = back.saturating_add(1 << 16);
         }
-        self.contacts.push(UploadRecord { hello, time: t, rssi });
+        let at = self.contacts.partition_point(|c| c.time <= t);
+        self.contacts.insert(at, UploadRecord { hello, time: t, rssi });
         Ok(())
     }
 
@@ -413,7 +430,9 @@ impl App {
     pub fn purge_expired(&mut self, now: NtpTime) {
         let t = self.server_time(now);
         let ct = self.config.ct_days.saturating_mul(DAY);
-        self.contacts.retain(|c| t.seconds().saturating_sub(c.time.seconds()) < ct);
+        // Sorted by time: the expired entries are a prefix.
+        let expired = self.contacts.partition_point(|c| t.seconds().saturating_sub(c.time.seconds()) >= ct);
+        self.contacts.drain(..expired);
     }
 
     // ---------------------------------------------------------------------------------------
@@ -691,4 +710,39 @@ fn merge_ebids(list: &mut Vec<EbidEntry>, fresh: Vec<EbidEntry>) {
 fn prune_ebids(list: &mut Vec<EbidEntry>, current: Epoch) {
     let keep_from = list.iter().position(|e| e.epoch >= current).unwrap_or(list.len().saturating_sub(1));
     list.drain(..keep_from);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use robert_proto::{AuthKey, Ebid, Ecc, KAuth};
+
+    fn hello(key: &AuthKey, ebid: u8, at: u32) -> [u8; HELLO_LEN] {
+        Hello::build(key, Ecc::new(33), Ebid::new([ebid; 8]), NtpTime::new(at)).to_bytes()
+    }
+
+    #[test]
+    fn the_proximity_list_stays_in_time_order_and_purges_its_prefix() {
+        let key = AuthKey::new(&KAuth::new([5; 32]));
+        let mut app = App::new(AppConfig::default());
+        let t0 = 3_900_000_000u32;
+        // Received out of order (a clock step back): still stored in time order.
+        for (ebid, at) in [(1, t0 + 100), (2, t0 + 40), (3, t0 + 70), (4, t0 + 10)] {
+            app.on_hello_received(&hello(&key, ebid, at), NtpTime::new(at), None).expect("fresh");
+        }
+        let times: Vec<u32> = app.contacts().iter().map(|c| c.time.seconds()).collect();
+        assert_eq!(times, vec![t0 + 10, t0 + 40, t0 + 70, t0 + 100]);
+        // Each is a duplicate whenever it comes again within δ, whatever the order.
+        for (ebid, at) in [(2, t0 + 40), (4, t0 + 10), (1, t0 + 100)] {
+            assert_eq!(
+                app.on_hello_received(&hello(&key, ebid, at), NtpTime::new(at + 30), None),
+                Err(ReceiveError::Duplicate)
+            );
+        }
+        // CT days after the second one, the first two are gone, the others kept.
+        let ct = app.config.ct_days * DAY;
+        app.purge_expired(NtpTime::new(t0 + 40 + ct));
+        let times: Vec<u32> = app.contacts().iter().map(|c| c.time.seconds()).collect();
+        assert_eq!(times, vec![t0 + 70, t0 + 100]);
+    }
 }

@@ -304,7 +304,10 @@ impl Stored {
                 })
             }
         };
-        let contacts = self.contacts.iter().map(|h| record(h)).collect::<Option<Vec<_>>>()?;
+        let mut contacts = self.contacts.iter().map(|h| record(h)).collect::<Option<Vec<_>>>()?;
+        // The App keeps its list in reception-time order (binary searches rely on it); a state
+        // written by an older version may not be.
+        contacts.sort_by_key(|c| c.time);
         let mut declaration = Vec::with_capacity(self.declaration.len());
         for c in &self.declaration {
             let state = match c.state.as_str() {
