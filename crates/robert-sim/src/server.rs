@@ -65,7 +65,7 @@ impl<S: Storage> InProcess<S> {
     /// Starts a server with `config`, its store made by `open` in a fresh temporary directory.
     pub async fn start(
         seed: u64,
-        config: Config,
+        mut config: Config,
         open: impl FnOnce(&std::path::Path) -> Result<S, SimError>,
     ) -> Result<Self, SimError> {
         let dir = tempfile::tempdir().map_err(|e| SimError::Server(format!("temporary directory: {e}")))?;
@@ -78,6 +78,8 @@ impl<S: Storage> InProcess<S> {
         trusted
             .add_public_key_pem(&authority.public_key_pem())
             .map_err(|e| SimError::Server(format!("authority key: {e}")))?;
+        // Everything the server writes (database, audit log) stays in the run's directory.
+        config.server.data_dir = dir.path().to_path_buf();
         let storage = open(dir.path())?;
         let clock = Arc::new(AtomicU32::new(SERVICE_START_NTP));
         let c = clock.clone();
