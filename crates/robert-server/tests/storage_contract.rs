@@ -62,6 +62,80 @@ async fn sqlite_without_fsync_passes_the_contract() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_folding_the_status_journal_at_every_commit_passes_the_contract() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let n = AtomicUsize::new(0);
+    robert_server::storage::contract::run_all(|| {
+        let file = dir.path().join(format!("contract-{}.sqlite", n.fetch_add(1, Ordering::Relaxed)));
+        SqliteStorage::open_with(&file, false, 1).expect("open the SQLite store")
+    })
+    .await;
+}
+
+/// SRE_A / UN_A of `id` as the `users` row holds them, read from the file directly.
+fn users_row(file: &Path, id: u64) -> Option<(Option<i64>, bool)> {
+    let conn = rusqlite::Connection::open(file).expect("open raw");
+    rusqlite::OptionalExtension::optional(conn.query_row(
+        "SELECT sre, notified FROM users WHERE id = ?1",
+        [i64::try_from(id).expect("small")],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    ))
+    .expect("query")
+}
+
+/// The status journal (ESR state appended to a log, folded into `users` later) is as durable as
+/// the row it stands for: after a reopen, without a fold, every ESR's SRE_A / UN_A is there (the
+/// T limit still holds), an unregistered ID drawn again starts clean, a reset stays reset; and a
+/// fold writes exactly that state into `users`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_status_journal_survives_a_reopen_and_folds_into_users() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("robert.sqlite");
+    let (a, b, c) = (id(1), id(2), id(3));
+    let answer = |at_risk| StatusOutcome::Answer { at_risk };
+    {
+        // Never folds on size; the test is done long before an idle fold would matter (and the
+        // state checked is the same either way).
+        let s = SqliteStorage::open_with(&file, true, u64::MAX).expect("open");
+        for u in [a, b, c] {
+            assert!(s.insert_user(u, vec![0xAA; 92]).await.expect("insert"));
+        }
+        assert_eq!(s.status_request(a, ep(9), 3, true).await.expect("esr"), answer(true));
+        assert!(s.acknowledge(a).await.expect("ack"), "a was notified: the journal says so");
+        assert_eq!(s.status_request(b, ep(9), 3, true).await.expect("esr"), answer(true));
+        assert!(s.unregister(b).await.expect("unregister"));
+        assert!(s.insert_user(b, vec![0xBB; 92]).await.expect("b drawn again"));
+        assert_eq!(s.status_request(c, ep(9), 3, false).await.expect("esr"), answer(false));
+        assert_eq!(s.status_request(c, ep(13), 3, true).await.expect("esr"), answer(true));
+        assert!(s.reset_status(c, token("reset-c")).await.expect("reset"));
+    }
+    let s = SqliteStorage::open_with(&file, true, u64::MAX).expect("reopen");
+    let a_rec = s.load_user(a).await.expect("load").expect("a");
+    assert_eq!((a_rec.last_status_epoch, a_rec.notified, a_rec.acknowledged), (Some(ep(9)), true, true));
+    let b_rec = s.load_user(b).await.expect("load").expect("b");
+    assert_eq!((b_rec.last_status_epoch, b_rec.notified), (None, false), "b starts clean");
+    let c_rec = s.load_user(c).await.expect("load").expect("c");
+    assert_eq!((c_rec.last_status_epoch, c_rec.notified), (Some(ep(13)), false), "c reset, SRE kept");
+    assert_eq!(
+        s.status_request(c, ep(14), 3, false).await.expect("esr"),
+        StatusOutcome::Rejected,
+        "T limit from the journal after the reopen"
+    );
+    assert_eq!(s.status_request(a, ep(20), 3, true).await.expect("esr"), StatusOutcome::Rejected, "acked");
+    drop(s);
+    // A fold at every commit: one more command folds everything into `users`.
+    let s = SqliteStorage::open_with(&file, true, 1).expect("reopen");
+    assert_eq!(s.status_request(c, ep(30), 3, false).await.expect("esr"), answer(false));
+    drop(s);
+    assert_eq!(users_row(&file, 1), Some((Some(9), true)));
+    assert_eq!(users_row(&file, 2), Some((None, false)));
+    assert_eq!(users_row(&file, 3), Some((Some(30), false)));
+    let conn = rusqlite::Connection::open(&file).expect("open raw");
+    let left: i64 = conn.query_row("SELECT count(*) FROM status_log", [], |r| r.get(0)).expect("count");
+    assert_eq!(left, 0, "a fold empties the log");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_survives_a_reopen() {
     let dir = tempfile::tempdir().expect("temp dir");

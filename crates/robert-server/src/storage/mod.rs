@@ -26,6 +26,7 @@ pub mod contract;
 pub mod memory;
 pub mod postgres;
 pub mod sqlite;
+mod status_journal;
 
 use robert_proto::{CountryCode, Epoch, Id};
 use std::future::Future;

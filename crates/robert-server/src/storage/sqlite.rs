@@ -12,6 +12,11 @@
 //!   (`synchronous = NORMAL`) a commit survives a crash of the process but not a power loss.
 //!   A command that fails rolls back alone (its savepoint) and gets its own error; if the commit
 //!   itself fails, every command of the group gets an error, and none of them happened.
+//! - **ESRs append, folds rewrite.** What an ESR changes (SRE_A, UN_A) is appended to a status
+//!   journal in the same transaction and folded into `users` in key order every
+//!   [`JOURNAL_FOLD_ROWS`] rows or when the writer is idle (see [`super::status_journal`]): one
+//!   page write per hundred-odd ESRs instead of one random page each. An unregistered user's last
+//!   ESR epoch and UN_A stay in the journal until the next fold (never their keys).
 //! - **Concurrent reads.** [`Storage::load_user`], [`Storage::load_user_keys`],
 //!   [`Storage::pool_take`], [`Storage::server_keys`] and [`Storage::stats`] run on a small pool
 //!   of read-only connections (WAL lets them read while the writer writes) on tokio's blocking
@@ -34,6 +39,7 @@
 //! Error messages carry SQLite's own text (table and constraint names), never a bound value, so
 //! never an ID or key bytes.
 
+use super::status_journal::{Journal, Pending};
 use super::{
     ExpiryStats, Exposure, OutboundBatch, PoolEntry, ProcessedBatch, Result, Stats, StatusOutcome, Storage,
     StorageError, TokenUse, UserRecord,
@@ -70,6 +76,15 @@ const WRITER_CACHE_KIB: i64 = 64 * 1024;
 
 /// WAL size (pages of 4 KiB) at which a commit checkpoints it into the database file: 64 MiB.
 const WAL_AUTOCHECKPOINT_PAGES: i64 = 16 * 1024;
+
+/// Rows of the status journal at which the writer folds it into `users` (see
+/// [`super::status_journal`]): about 10 MB of memory. The larger, the fewer times each `users`
+/// page is rewritten per ESR; a fold of this many takes a fraction of a second, during which
+/// writes wait.
+pub const JOURNAL_FOLD_ROWS: u64 = 1 << 18;
+
+/// An idle writer folds whatever the journal holds after this long without a command.
+const JOURNAL_FOLD_IDLE: Duration = Duration::from_secs(1);
 
 /// How long a connection waits for a lock held by another process before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -137,6 +152,14 @@ const MIGRATIONS: &[&str] = &[
      CREATE TABLE fed_sequence (
          cc INTEGER PRIMARY KEY,
          last_seq INTEGER NOT NULL
+     );",
+    // 3: the status journal (storage/status_journal.rs): SRE_A / UN_A changes of ESRs, appended,
+    // folded into `users` later. `state`: 0 not notified, 1 notified, 2 unregistered.
+    "CREATE TABLE status_log (
+         seq INTEGER PRIMARY KEY,
+         id INTEGER NOT NULL,
+         sre INTEGER,
+         state INTEGER NOT NULL
      );",
 ];
 
@@ -275,16 +298,31 @@ struct Writer {
     scrub_pending: bool,
     /// When the last scrub completed (or the writer started).
     last_scrub: std::time::Instant,
+    /// The status journal, shared with the readers.
+    journal: Arc<Journal>,
+    /// Fold the journal when it holds this many rows.
+    fold_rows: u64,
 }
 
 impl Writer {
     fn run(mut self, commands: mpsc::Receiver<Box<dyn Job>>) {
         loop {
-            let first = if self.scrub_pending {
-                match commands.recv_timeout(SCRUB_RETRY) {
+            let idle_work = if self.scrub_pending {
+                Some(SCRUB_RETRY)
+            } else if self.journal.rows() > 0 {
+                Some(JOURNAL_FOLD_IDLE)
+            } else {
+                None
+            };
+            let first = if let Some(wait) = idle_work {
+                match commands.recv_timeout(wait) {
                     Ok(job) => job,
                     Err(RecvTimeoutError::Timeout) => {
-                        self.scrub();
+                        if self.scrub_pending {
+                            self.scrub();
+                        } else {
+                            self.fold();
+                        }
                         continue;
                     }
                     Err(RecvTimeoutError::Disconnected) => break,
@@ -304,6 +342,9 @@ impl Writer {
                 }
             }
             self.run_group(group);
+            if self.journal.rows() >= self.fold_rows {
+                self.fold();
+            }
             if self.scrub_pending && self.last_scrub.elapsed() >= SCRUB_MAX_DELAY {
                 self.scrub();
             }
@@ -339,6 +380,7 @@ impl Writer {
             // Its own failure: undo what it did; the reply carries its error. If even the
             // rollback fails, the next BEGIN reports it.
             let _ = self.conn.execute_batch("ROLLBACK");
+            self.reload_journal();
             reply.send(Ok(()));
             return;
         }
@@ -353,6 +395,7 @@ impl Writer {
                 if !self.conn.is_autocommit() {
                     let _ = self.conn.execute_batch("ROLLBACK");
                 }
+                self.reload_journal();
                 reply.send(Err(&e));
             }
         }
@@ -398,7 +441,9 @@ impl Writer {
             let end = if ok {
                 self.statement("RELEASE cmd")
             } else {
-                self.conn.execute_batch("ROLLBACK TO cmd; RELEASE cmd")
+                let end = self.conn.execute_batch("ROLLBACK TO cmd; RELEASE cmd");
+                self.reload_journal();
+                end
             };
             match end {
                 Ok(()) => {
@@ -412,7 +457,10 @@ impl Writer {
                     ran.push(reply);
                     self.fail_all(&mut ran, &e);
                     scrub = false;
-                    if self.conn.is_autocommit() || self.conn.execute_batch("ROLLBACK").is_ok() {
+                    let rolled_back =
+                        self.conn.is_autocommit() || self.conn.execute_batch("ROLLBACK").is_ok();
+                    self.reload_journal();
+                    if rolled_back {
                         if let Err(e) = self.begin() {
                             for job in jobs {
                                 job.abort(same_error(&e));
@@ -442,7 +490,46 @@ impl Writer {
                     // Best effort: if even the rollback fails, the next BEGIN reports it.
                     let _ = self.conn.execute_batch("ROLLBACK");
                 }
+                self.reload_journal();
                 self.fail_all(&mut ran, &e);
+            }
+        }
+    }
+
+    /// After a rollback: the journal in memory may hold state that is not in the database any
+    /// more; read it back from the table (what this connection sees: committed, plus what the
+    /// open transaction, if any, still holds).
+    fn reload_journal(&self) {
+        if let Err(e) = self.journal.reload(&self.conn) {
+            tracing::error!(error = %backend("status journal reload", e), "sqlite writer");
+        }
+    }
+
+    /// Folds the status journal into `users` in a transaction of its own (see
+    /// [`super::status_journal`]). On failure nothing changed and the journal stays as it is.
+    fn fold(&mut self) {
+        let started = std::time::Instant::now();
+        if let Err(e) = self.begin() {
+            tracing::warn!(error = %e, "sqlite writer: status journal fold");
+            return;
+        }
+        let rows = self.journal.rows();
+        match self.journal.fold(&self.conn).and_then(|n| self.statement("COMMIT").map(|()| n)) {
+            Ok(n) => {
+                self.journal.clear();
+                self.commits.fetch_add(1, Ordering::Relaxed);
+                let ms = started.elapsed().as_millis();
+                if rows >= self.fold_rows {
+                    tracing::info!(rows, ids = n, ms, "sqlite status journal folded into users");
+                } else {
+                    tracing::debug!(rows, ids = n, ms, "sqlite status journal folded into users (idle)");
+                }
+            }
+            Err(e) => {
+                if !self.conn.is_autocommit() {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                }
+                tracing::warn!(error = %backend("status journal fold", e), "sqlite writer");
             }
         }
     }
@@ -526,6 +613,7 @@ pub struct SqliteStorage {
     writer: Option<JoinHandle<()>>,
     readers: Arc<Readers>,
     commits: Arc<AtomicU64>,
+    journal: Arc<Journal>,
 }
 
 impl std::fmt::Debug for SqliteStorage {
@@ -542,6 +630,12 @@ impl SqliteStorage {
     /// Fails with [`StorageError::UnknownSchema`] if the file was written by a newer binary, and
     /// leaves such a file untouched.
     pub fn open(path: &Path, fsync: bool) -> Result<Self> {
+        Self::open_with(path, fsync, JOURNAL_FOLD_ROWS)
+    }
+
+    /// [`SqliteStorage::open`] with the status journal folded at `journal_fold_rows` rows
+    /// instead of [`JOURNAL_FOLD_ROWS`] (tests fold at every commit with 1; benchmarks compare).
+    pub fn open_with(path: &Path, fsync: bool, journal_fold_rows: u64) -> Result<Self> {
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -570,6 +664,8 @@ impl SqliteStorage {
             .map_err(|e| backend("wal_autocheckpoint", e))?;
         conn.set_prepared_statement_cache_capacity(64);
         migrate(&conn)?;
+        let journal = Arc::new(Journal::default());
+        journal.reload(&conn).map_err(|e| backend("status journal", e))?;
 
         let commits = Arc::new(AtomicU64::new(0));
         let (commands, receiver) = mpsc::channel::<Box<dyn Job>>();
@@ -578,6 +674,8 @@ impl SqliteStorage {
             commits: Arc::clone(&commits),
             scrub_pending: false,
             last_scrub: std::time::Instant::now(),
+            journal: Arc::clone(&journal),
+            fold_rows: journal_fold_rows.max(1),
         };
         let writer = std::thread::Builder::new()
             .name("robert-sqlite-writer".into())
@@ -592,6 +690,7 @@ impl SqliteStorage {
                 permits: Arc::new(tokio::sync::Semaphore::new(max_readers())),
             }),
             commits,
+            journal,
         })
     }
 
@@ -852,7 +951,21 @@ impl Storage for SqliteStorage {
     }
 
     async fn load_user(&self, id: Id) -> Result<Option<UserRecord>> {
-        self.read_point("load user", |conn| read_user(conn, id)).await?.map(RawUser::into_record).transpose()
+        // The journal first, then the row: see status_journal's docs for why this order.
+        let pending = self.journal.get(id_sql(id));
+        let Some(mut record) = self
+            .read_point("load user", |conn| read_user(conn, id))
+            .await?
+            .map(RawUser::into_record)
+            .transpose()?
+        else {
+            return Ok(None);
+        };
+        if let Some(p) = pending {
+            record.last_status_epoch = p.sre.map(epoch_from_sql).transpose()?;
+            record.notified = p.notified;
+        }
+        Ok(Some(record))
     }
 
     async fn load_user_keys(&self, ids: Vec<Id>) -> Result<Vec<(Id, Vec<u8>)>> {
@@ -890,15 +1003,19 @@ impl Storage for SqliteStorage {
         min_interval: u32,
         at_risk: bool,
     ) -> Result<StatusOutcome> {
+        let journal = Arc::clone(&self.journal);
         let decision = self
             .write("status request", false, move |conn| {
                 let row: Option<(bool, bool, Option<i64>)> = conn
                     .prepare_cached("SELECT notified, acknowledged, sre FROM users WHERE id = ?1")?
                     .query_row([id_sql(id)], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
                     .optional()?;
-                let Some((notified, acknowledged, sre)) = row else {
+                let Some((mut notified, acknowledged, mut sre)) = row else {
                     return Ok(Decision::Reject);
                 };
+                if let Some(p) = journal.get(id_sql(id)) {
+                    (notified, sre) = (p.notified, p.sre);
+                }
                 if acknowledged {
                     return Ok(Decision::Reject);
                 }
@@ -912,8 +1029,9 @@ impl Storage for SqliteStorage {
                     }
                     at_risk
                 };
-                conn.prepare_cached("UPDATE users SET sre = ?2, notified = ?3 WHERE id = ?1")?
-                    .execute(params![id_sql(id), now_sql, answer])?;
+                // §7 step 8: SRE_A (and UN_A), appended to the journal rather than written in
+                // place; the last step of the command.
+                journal.record(conn, id_sql(id), Pending { sre: Some(now_sql), notified: answer })?;
                 Ok(Decision::Answer { at_risk: answer })
             })
             .await?;
@@ -924,15 +1042,26 @@ impl Storage for SqliteStorage {
     }
 
     async fn acknowledge(&self, id: Id) -> Result<bool> {
+        let journal = Arc::clone(&self.journal);
         self.write("acknowledge", false, move |conn| {
-            let mut stmt =
-                conn.prepare_cached("UPDATE users SET acknowledged = 1 WHERE id = ?1 AND notified = 1")?;
-            Ok(stmt.execute([id_sql(id)])? == 1)
+            let notified: Option<bool> = conn
+                .prepare_cached("SELECT notified FROM users WHERE id = ?1")?
+                .query_row([id_sql(id)], |row| row.get(0))
+                .optional()?;
+            let Some(notified) = notified else {
+                return Ok(false);
+            };
+            if !journal.get(id_sql(id)).map_or(notified, |p| p.notified) {
+                return Ok(false);
+            }
+            conn.prepare_cached("UPDATE users SET acknowledged = 1 WHERE id = ?1")?.execute([id_sql(id)])?;
+            Ok(true)
         })
         .await
     }
 
     async fn reset_status(&self, id: Id, token: TokenUse) -> Result<bool> {
+        let journal = Arc::clone(&self.journal);
         self.write("reset status", false, move |conn| {
             let known = conn.prepare_cached("SELECT 1 FROM users WHERE id = ?1")?.exists([id_sql(id)])?;
             if !known || !spend_token(conn, &token)? {
@@ -941,15 +1070,20 @@ impl Storage for SqliteStorage {
             conn.prepare_cached("UPDATE users SET notified = 0, acknowledged = 0 WHERE id = ?1")?
                 .execute([id_sql(id)])?;
             conn.prepare_cached("DELETE FROM exposures WHERE id = ?1")?.execute([id_sql(id)])?;
+            if let Some(p) = journal.get(id_sql(id)) {
+                journal.record(conn, id_sql(id), Pending { notified: false, ..p })?;
+            }
             Ok(true)
         })
         .await
     }
 
     async fn unregister(&self, id: Id) -> Result<bool> {
+        let journal = Arc::clone(&self.journal);
         self.write("unregister", false, move |conn| {
             let removed = conn.prepare_cached("DELETE FROM users WHERE id = ?1")?.execute([id_sql(id)])?;
             conn.prepare_cached("DELETE FROM exposures WHERE id = ?1")?.execute([id_sql(id)])?;
+            journal.remove(conn, id_sql(id))?;
             Ok(removed == 1)
         })
         .await
