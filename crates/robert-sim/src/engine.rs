@@ -377,7 +377,7 @@ pub fn run_traced<V: SimServer>(
     }
 
     // Final sweep: mix what is left, then every phone asks once more.
-    let t_end = SimTime::from(cfg.days) * SimTime::from(DAY) + 12 * 3600;
+    let t_end = SimTime::from(cfg.days) * SimTime::from(DAY) + server.final_sweep_after();
     server.advance(rt, &map, t_end)?;
     server.process_uploads(rt)?;
     let all: Vec<u32> = (0..n_phones as u32).collect();

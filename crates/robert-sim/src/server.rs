@@ -117,6 +117,12 @@ pub trait SimServer {
     /// Most pairs the server accepts in one declaration request (one token each).
     fn max_contacts(&self) -> usize;
 
+    /// How long after the last simulated day the final sweep happens (mix, every phone asks once
+    /// more): late enough that every phone's last daily ESR is T epochs old (§7 step 8).
+    fn final_sweep_after(&self) -> SimTime {
+        12 * 3600
+    }
+
     /// Gets the server ready for registrations (§3.3) and says at what server time they happen.
     fn registration_time(&self, rt: &tokio::runtime::Runtime) -> Result<NtpTime, SimError>;
 
