@@ -97,7 +97,7 @@ pub fn check_live(cfg: &SimConfig, epoch_sec: u32, runs: u32, max_run_sec: u64) 
                 .into(),
         ));
     }
-    if epoch_sec == 0 || SIM_EPOCH_SEC % epoch_sec != 0 {
+    if epoch_sec == 0 || !SIM_EPOCH_SEC.is_multiple_of(epoch_sec) {
         return Err(SimError::Server(format!(
             "the server's epochs last {epoch_sec} s; live mode maps each simulated 15-minute epoch onto \
              one server epoch, so [protocol] epoch_duration_sec must divide 900 (and 86400): 1, 2, 3, \
@@ -282,7 +282,7 @@ impl SimServer for Remote<'_> {
             .ok_or_else(|| SimError::Server("the server's clock is before its service start".into()))?;
         // A registration lists the rest of the current block and the next one (§4).
         let end = until.saturating_add(1);
-        if end % DAY_EPOCHS != 0 || end - DAY_EPOCHS <= now.number() {
+        if !end.is_multiple_of(DAY_EPOCHS) || end - DAY_EPOCHS <= now.number() {
             return Err(SimError::Server(format!(
                 "the server's EBID lists end at epoch {until} (now {}): live mode needs blocks of \
                  96 epochs ([protocol] ebid_list_epochs = 96, the default), a simulated day each",

@@ -52,7 +52,7 @@ impl TimeMap {
     /// simulated epoch 0 being server epoch `first_epoch` of the schedule `schedule`.
     pub fn new(schedule: &EpochSchedule, first_epoch: u32) -> Option<TimeMap> {
         let epoch_sec = schedule.epoch_duration_sec();
-        if epoch_sec == 0 || SIM_EPOCH_SEC % epoch_sec != 0 {
+        if epoch_sec == 0 || !SIM_EPOCH_SEC.is_multiple_of(epoch_sec) {
             return None;
         }
         let base_ntp = schedule.epoch_start(Epoch::new(first_epoch)?)?.seconds();
