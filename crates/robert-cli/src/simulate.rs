@@ -40,13 +40,16 @@ at least 900/E. Runs that cannot fit are refused with the arithmetic: epochs tha
 900, HELLOs closer than a server second, a run longer than --live-max-sec, the attack scenarios \
 (they need a server the simulator controls: add --no-attacks). The loss sweep reruns against the \
 same server with fresh phones; the run without tracing needs no server. Declarations use tokens \
-signed with --authority-key (a development server trusts <data-dir>/dev-authority.pem). See \
+signed with --authority-key: a key from `robert authority keygen` listed in the server's \
+[authorities] public_keys (a development server, `robert serve` without --config, trusts \
+<data-dir>/dev-authority.pem but runs 15-minute epochs: real time). See \
 docs/simulator.md, section \"Live mode\".
 
 EXAMPLES:
   robert simulate --population 5000 --days 21 --seed 3
   robert simulate --population 166667 --adoption 0.6 --days 14 --no-compare --loss-sweep '' --no-attacks
-  robert simulate --server http://127.0.0.1:8080 --authority-key robert-data/dev-authority.pem \
+  robert serve --config live.toml &    # epoch_duration_sec = 1 etc.: docs/simulator.md
+  robert simulate --server http://127.0.0.1:8080 --authority-key authority.pem \
       --population 500 --days 2 --hello-period 900 --min-exposure-minutes 0.01 --no-attacks --loss-sweep ''")]
 pub struct SimulateArgs {
     /// Seed of every random draw (same seed, same results).
