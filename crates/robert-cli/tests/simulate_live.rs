@@ -27,6 +27,11 @@ fn path(p: &Path) -> &str {
 
 /// A server with 1-second epochs whose next block of 96 epochs starts `lead` seconds from now.
 fn live_config(dir: &Path, lead: u32) -> std::path::PathBuf {
+    live_config_with(dir, lead, "")
+}
+
+/// [`live_config`] with `protocol` appended to its `[protocol]` section.
+fn live_config_with(dir: &Path, lead: u32, protocol: &str) -> std::path::PathBuf {
     let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
     let now_ntp = u32::try_from(unix + 2_208_988_800).expect("NTP era 0");
     let start = now_ntp - 96 + lead;
@@ -35,7 +40,7 @@ fn live_config(dir: &Path, lead: u32) -> std::path::PathBuf {
         &cfg,
         format!(
             "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{data}\"\nkey_dir = \"{keys}\"\n\
-             [protocol]\nepoch_duration_sec = 1\nservice_start_ntp = {start}\n\
+             [protocol]\nepoch_duration_sec = 1\nservice_start_ntp = {start}\n{protocol}\
              [registration]\npow_difficulty = 6\n\
              [reports]\nmixer_min_batch = 1\nmixer_max_delay_sec = 1\n\
              [risk]\nseconds_per_hello = 900\nmin_exposure_minutes = 0.01\n\
@@ -148,6 +153,43 @@ fn simulate_against_a_live_server() {
     assert_eq!(p["esr_failed"], 0, "{p}");
     assert_eq!(p["hellos_not_sent"], 0, "{p}");
 
+    let status = server.terminate();
+    assert!(status.success(), "server exit {status}; stderr:\n{}", server.stderr());
+}
+
+/// A server whose EBID-list blocks are not 96 epochs cannot hold simulated days: refused after
+/// registration, with the key to change.
+#[test]
+fn refuses_a_server_whose_blocks_are_not_days() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    ok(&robert(&["keygen", "--dir", path(&dir.path().join("keys"))]));
+    let authority = dir.path().join("authority.pem");
+    ok(&robert(&["authority", "keygen", "--out", path(&authority)]));
+    let cfg = live_config_with(dir.path(), 15, "ebid_list_epochs = 48\n");
+    let mut server = ServerProcess::start(dir.path(), &["serve", "--config", path(&cfg)]);
+    let url = format!("http://{}", server.url.trim_start_matches("http://"));
+    let out = robert(&[
+        "simulate",
+        "--server",
+        &url,
+        "--authority-key",
+        path(&authority),
+        "--population",
+        "30",
+        "--days",
+        "1",
+        "--hello-period",
+        "900",
+        "--no-attacks",
+        "--loss-sweep",
+        "",
+        "--no-plots",
+        "--out",
+        path(&dir.path().join("out")),
+    ]);
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("ebid_list_epochs = 96"), "{e}");
     let status = server.terminate();
     assert!(status.success(), "server exit {status}; stderr:\n{}", server.stderr());
 }
