@@ -209,6 +209,22 @@ impl<'a> Remote<'a> {
         Ok(me)
     }
 
+    /// A server with `schedule` whose clock is `offset` seconds ahead of the local one, reached
+    /// at `opts.url` (nothing is sent until a method needs it).
+    #[cfg(test)]
+    fn unconnected(opts: &'a LiveOptions, schedule: EpochSchedule, offset: f64) -> Self {
+        Self {
+            opts,
+            transport: HttpTransport::new(&opts.url).expect("transport"),
+            http: reqwest::Client::new(),
+            schedule,
+            offset,
+            risk: RiskSection::default(),
+            baseline: ServerCounters::default(),
+            lag_warned: AtomicBool::new(false),
+        }
+    }
+
     /// The server's time now (estimated from the local clock).
     fn server_now(&self) -> f64 {
         local_ntp() + self.offset
@@ -422,6 +438,75 @@ mod tests {
         let e = check_live(&live_cfg(), 1, 3, 600).expect_err("three runs");
         assert!(e.to_string().contains("300 s of real time, x 3 runs = 900 s"), "{e}");
         assert!(check_live(&live_cfg(), 1, 2, 600).is_ok());
+    }
+
+    fn opts() -> LiveOptions {
+        LiveOptions {
+            url: "http://127.0.0.1:9".into(),
+            authority: AuthorityKey::generate(&mut crate::rng::crypto_rng(1, crate::rng::Tag::Attack, 0, 0)),
+            max_run_sec: 3600,
+            mixer_timeout_sec: 1,
+        }
+    }
+
+    /// A 1-s-epoch server that started `ago` seconds before now.
+    fn started(ago: u32) -> (EpochSchedule, f64) {
+        let now = local_ntp();
+        let start = now as u32 - ago;
+        (EpochSchedule::new(NtpTime::new(start), 1).expect("schedule"), 0.0)
+    }
+
+    #[test]
+    fn day_zero_is_the_block_after_registration() {
+        let opts = opts();
+        // 150 s after the start: epoch 150, block 1 (96..191); a registration lists up to 287.
+        let (schedule, offset) = started(150);
+        let r = Remote::unconnected(&opts, schedule, offset);
+        let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        let map = r.time_map(&rt, Epoch::new(287)).expect("aligned");
+        assert_eq!(map.first_epoch(), 192);
+        assert_eq!(map.scale(), 900);
+        // Lists that do not end on a block of 96, or whose next block has begun: refused.
+        for until in [239, 191] {
+            let e = r.time_map(&rt, Epoch::new(until)).expect_err("not a day");
+            assert!(e.to_string().contains("ebid_list_epochs = 96"), "{e}");
+        }
+        assert!(r.time_map(&rt, None).is_err());
+    }
+
+    #[test]
+    fn behind_the_clock_requests_carry_the_servers_time() {
+        let opts = opts();
+        let (schedule, offset) = started(1000);
+        let r = Remote::unconnected(&opts, schedule, offset);
+        let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        // Simulated epoch 0 is server epoch 10: long past, so no wait, and the time returned is
+        // the server's (about epoch 1000), not the mapped one.
+        let map = TimeMap::new(&schedule, 10).expect("map");
+        let now = r.advance(&rt, &map, 0).expect("advance");
+        assert!(now.seconds() >= map.ntp(0).seconds() + 900, "{now:?}");
+        assert!(schedule.epoch_at(now).is_some_and(|e| e.number() >= 1000));
+        // Tokens are issued at that time and verify with the authority's public key.
+        let mut rng = crate::rng::crypto_rng(1, crate::rng::Tag::Attack, 1, 1);
+        let tokens = r.declare_tokens(2, now, &mut rng).expect("tokens");
+        let mut trusted = robert_server::token::TrustedAuthorities::new();
+        trusted.add_public_key_pem(&opts.authority.public_key_pem()).expect("pem");
+        for t in &tokens {
+            trusted
+                .verify(t, robert_server::token::Purpose::Declare, now.to_unix())
+                .expect("token valid at the server's time");
+        }
+        assert_ne!(tokens[0], tokens[1]);
+    }
+
+    #[test]
+    fn an_unreachable_server_is_a_clear_error() {
+        let opts = opts();
+        let (schedule, offset) = started(10);
+        let r = Remote::unconnected(&opts, schedule, offset);
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let e = r.process_uploads(&rt).expect_err("nothing listens on port 9");
+        assert!(e.to_string().contains("GET /metrics"), "{e}");
     }
 
     #[test]
