@@ -4,6 +4,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
+use robert_sim::remote::LiveOptions;
 use robert_sim::{SimConfig, SimResults, Store};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -26,9 +27,30 @@ machine-dependent, the rest is reproducible for a given --seed), epidemic.{png,s
 notifications.{png,svg}, recall_by_loss.{png,svg}. A summary table is printed on stdout, progress \
 on stderr.
 
+LIVE MODE (--server URL --authority-key FILE): the Apps talk to a running `robert serve` over \
+HTTP instead, with its proof-of-work difficulty, scoring rule, Annex A probability and mixer \
+(--pow-difficulty, --store and --notification-probability then do not apply to the server). The \
+server runs on real time, so each simulated 15-minute epoch is mapped onto one server epoch: the \
+server needs short epochs ([protocol] epoch_duration_sec dividing 900, e.g. 1 s: a simulated day \
+takes 96 s), blocks of 96 epochs (ebid_list_epochs = 96, the default), a mixer that runs within \
+seconds (mixer_max_delay_sec = 1) and the same [risk] keys as the simulation (seconds_per_hello = \
+--hello-period, min_exposure_minutes = --min-exposure-minutes; each exposed epoch counts at most \
+its E seconds). One server second stands for 900/E simulated seconds, so --hello-period must be \
+at least 900/E. Runs that cannot fit are refused with the arithmetic: epochs that do not divide \
+900, HELLOs closer than a server second, a run longer than --live-max-sec, the attack scenarios \
+(they need a server the simulator controls: add --no-attacks). The loss sweep reruns against the \
+same server with fresh phones; the run without tracing needs no server. Declarations use tokens \
+signed with --authority-key: a key from `robert authority keygen` listed in the server's \
+[authorities] public_keys (a development server, `robert serve` without --config, trusts \
+<data-dir>/dev-authority.pem but runs 15-minute epochs: real time). See \
+docs/simulator.md, section \"Live mode\".
+
 EXAMPLES:
   robert simulate --population 5000 --days 21 --seed 3
-  robert simulate --population 166667 --adoption 0.6 --days 14 --no-compare --loss-sweep '' --no-attacks")]
+  robert simulate --population 166667 --adoption 0.6 --days 14 --no-compare --loss-sweep '' --no-attacks
+  robert serve --config live.toml &    # epoch_duration_sec = 1 etc.: docs/simulator.md
+  robert simulate --server http://127.0.0.1:8080 --authority-key authority.pem \
+      --population 500 --days 2 --hello-period 900 --min-exposure-minutes 0.01 --no-attacks --loss-sweep ''")]
 pub struct SimulateArgs {
     /// Seed of every random draw (same seed, same results).
     #[arg(long, default_value_t = 1)]
@@ -150,6 +172,22 @@ pub struct SimulateArgs {
     /// Do not write plots (results.json and the table only).
     #[arg(long)]
     no_plots: bool,
+    /// Live mode: the base URL of a running `robert serve` (e.g. http://127.0.0.1:8080) that the
+    /// Apps talk to over HTTP, instead of an in-process server (see LIVE MODE below).
+    #[arg(long, value_name = "URL", requires = "authority_key")]
+    server: Option<String>,
+    /// Live mode: the health-authority private key (PKCS#8 PEM, as `robert authority keygen` or a
+    /// development server's dev-authority.pem) whose tokens the server accepts for declarations.
+    #[arg(long, value_name = "FILE", requires = "server")]
+    authority_key: Option<PathBuf>,
+    /// Live mode: refuse runs that would take longer than this many seconds of real time
+    /// (all traced runs together, counted from the server's epoch length).
+    #[arg(long, default_value_t = 3_600, value_name = "SECS")]
+    live_max_sec: u64,
+    /// Live mode: how long to wait for the server's mixer to empty the upload pool after
+    /// declarations before giving up, seconds.
+    #[arg(long, default_value_t = 120, value_name = "SECS")]
+    live_mixer_timeout: u64,
 }
 
 fn parse_list(s: &str) -> Result<Vec<f64>> {
@@ -213,10 +251,37 @@ impl SimulateArgs {
         cfg.validate()?;
         Ok(cfg)
     }
+
+    /// The live server these flags name, if any (`--server`, `--authority-key`).
+    pub fn live(&self) -> Result<Option<LiveOptions>> {
+        let (Some(url), Some(key)) = (&self.server, &self.authority_key) else {
+            return Ok(None);
+        };
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            anyhow::bail!("--server: {url:?} is not an http:// or https:// URL");
+        }
+        let pem = zeroize::Zeroizing::new(
+            std::fs::read_to_string(key)
+                .with_context(|| format!("--authority-key: reading {}", key.display()))?,
+        );
+        let authority = robert_server::token::AuthorityKey::from_pkcs8_pem(&pem)
+            .with_context(|| format!("--authority-key: {} is not a health-authority key", key.display()))?;
+        Ok(Some(LiveOptions {
+            url: url.clone(),
+            authority,
+            max_run_sec: self.live_max_sec,
+            mixer_timeout_sec: self.live_mixer_timeout,
+        }))
+    }
 }
 
 /// Runs `cfg` with a progress bar on stderr.
 pub fn run_with_progress(cfg: &SimConfig) -> Result<SimResults> {
+    run_live_with_progress(cfg, None)
+}
+
+/// Runs `cfg` with a progress bar on stderr, against `live` if given.
+pub fn run_live_with_progress(cfg: &SimConfig, live: Option<&LiveOptions>) -> Result<SimResults> {
     let bar = indicatif::ProgressBar::new(robert_sim::total_units(cfg));
     bar.set_style(
         indicatif::ProgressStyle::with_template(
@@ -224,11 +289,15 @@ pub fn run_with_progress(cfg: &SimConfig) -> Result<SimResults> {
         )
         .context("progress bar template")?,
     );
-    let results = robert_sim::simulate(cfg, &|stage, done, total| {
+    let progress = |stage: &str, done, total| {
         bar.set_length(total);
         bar.set_message(stage.to_owned());
         bar.set_position(done);
-    });
+    };
+    let results = match live {
+        None => robert_sim::simulate(cfg, &progress),
+        Some(l) => robert_sim::simulate_live(cfg, l, &progress),
+    };
     bar.finish_and_clear();
     Ok(results?)
 }
@@ -257,9 +326,16 @@ pub fn write_outputs(results: &SimResults, dir: &Path, plots: bool) -> Result<Ve
 /// `robert simulate`.
 pub fn simulate(args: &SimulateArgs, out: &mut impl Write) -> Result<()> {
     let cfg = args.config()?;
-    let results = run_with_progress(&cfg)?;
+    let live = args.live()?;
+    let results = run_live_with_progress(&cfg, live.as_ref())?;
     let files = write_outputs(&results, &args.out, !args.no_plots)?;
-    writeln!(out, "robert simulate: seed {}, {} people, {} days\n", cfg.seed, cfg.population, cfg.days)?;
+    let server =
+        live.as_ref().map_or_else(|| "in-process server".to_owned(), |l| format!("live server {}", l.url));
+    writeln!(
+        out,
+        "robert simulate: seed {}, {} people, {} days, {server}\n",
+        cfg.seed, cfg.population, cfg.days
+    )?;
     write!(out, "{}", results.summary_table())?;
     writeln!(out, "\nwritten:")?;
     for f in files {

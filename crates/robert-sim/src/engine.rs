@@ -8,6 +8,10 @@
 //! store them: §5), the declarations of the people diagnosed in it (§6.1), one mixer pass
 //! (§6.2), and the ESRs due in it (§7), whose "at risk" answers change behaviour from the next
 //! day. After the last day, a final sweep mixes and asks every phone once more.
+//!
+//! The server is any [`SimServer`]: in-process on the simulated clock, or a live `robert serve`
+//! over HTTP on real time ([`crate::remote`]); every time the Apps and the ground truth see goes
+//! through the run's [`TimeMap`].
 
 use crate::SimError;
 use crate::config::SimConfig;
@@ -15,19 +19,18 @@ use crate::epidemic::{DayCounts, Epidemic, SimTime};
 use crate::population::{DAY, Population};
 use crate::radio::{self, RadioStats, Reception};
 use crate::rng::{Tag, crypto_rng, hash};
-use crate::server::{InProcess, ntp};
+use crate::server::{SIM_EPOCH_SEC, SimServer, TimeMap};
 use crate::truth::Truth;
 use rayon::prelude::*;
 use robert_app::{App, AppConfig, AppError, ExposureStatus, ReceiveError, Transport};
 use robert_proto::{EpochSchedule, HELLO_LEN, NtpTime};
-use robert_server::storage::Storage;
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::Mutex;
 
 /// Epoch length of simulated servers (the default; blocks of 96 epochs are days).
-pub const EPOCH_SEC: u32 = 900;
+pub const EPOCH_SEC: u32 = SIM_EPOCH_SEC;
 const SLOTS: u32 = DAY / EPOCH_SEC;
 
 /// What the notifications were worth, against the ground truth.
@@ -245,11 +248,11 @@ fn esr_slot(seed: u64, i: u32) -> u32 {
 }
 
 /// Runs the epidemic with tracing: every phone a real App, the server `server`.
-pub fn run_traced<S: Storage>(
+pub fn run_traced<V: SimServer>(
     cfg: &SimConfig,
     pop: &Population,
     rt: &tokio::runtime::Runtime,
-    server: &InProcess<S>,
+    server: &V,
     app_config: &AppConfig,
     progress: Progress,
 ) -> Result<RunResult, SimError> {
@@ -261,13 +264,12 @@ pub fn run_traced<S: Storage>(
     let mut truth = Truth::new(n_phones);
     let mut stats = ProtocolStats::default();
     let transport = server.transport();
-    let schedule = *server.service.schedule();
-    let server_cfg = server.service.config().clone();
+    let schedule = server.schedule();
+    let max_contacts = server.max_contacts();
     let phones: Phones = Arc::new((0..n_phones).map(|_| Mutex::new(App::new(app_config.clone()))).collect());
 
     // Registration (§3.3), at the start.
-    let now = server.set_time(60);
-    rt.block_on(server.service.prepare_day_keys()).map_err(|e| SimError::Server(e.to_string()))?;
+    let now = server.registration_time(rt)?;
     let ops = (0..n_phones as u32).map(|i| (i, Op::Register)).collect();
     for (_, r) in run_ops(rt, &phones, &transport, cfg.seed, now, ops) {
         match r {
@@ -276,6 +278,8 @@ pub fn run_traced<S: Storage>(
             _ => {}
         }
     }
+    let ebids_until = phones.first().and_then(|p| p.try_lock().ok().and_then(|a| a.ebids_until()));
+    let map = server.time_map(rt, ebids_until)?;
 
     let mut esr_by_slot: Vec<Vec<u32>> = vec![Vec::new(); SLOTS as usize];
     for i in 0..n_phones as u32 {
@@ -288,12 +292,7 @@ pub fn run_traced<S: Storage>(
 
     for day in 0..cfg.days {
         let day_start = SimTime::from(day) * SimTime::from(DAY);
-        server.set_time(day_start);
-        rt.block_on(async {
-            server.service.prepare_day_keys().await?;
-            server.service.expire().await.map(drop)
-        })
-        .map_err(|e| SimError::Server(e.to_string()))?;
+        server.start_day(rt, &map, day_start)?;
         let present = epi.present(day);
         let contacts = pop.contacts(cfg, day, &present);
         for (p, t) in epi.transmit(cfg, &contacts) {
@@ -314,28 +313,34 @@ pub fn run_traced<S: Storage>(
             // §5: HELLOs of this epoch.
             let recs = std::mem::take(&mut by_slot[slot as usize]);
             if !recs.is_empty() {
-                exchange_hellos(&phones, recs, &mut stats);
+                exchange_hellos(&phones, &map, recs, &mut stats);
             }
             // §6.1: declarations of the people diagnosed in this epoch.
             let t_decl = slot_start + 300;
-            let mut ops = Vec::new();
+            let mut declarers = Vec::new();
             for (p, h) in epi.health.iter().enumerate() {
                 let Some(d) = h.diagnosed_at else { continue };
                 if declared[p] || !h.declares || d >= slot_start + SimTime::from(EPOCH_SEC) {
                     continue;
                 }
                 declared[p] = true;
-                let Some(ph) = pop.people[p].phone else { continue };
-                let pending = phone(&phones, ph).contacts().len();
-                let n_tokens = pending.div_ceil(server_cfg.reports.max_contacts).max(1);
-                let mut rng = crypto_rng(cfg.seed, Tag::PhoneCrypto, u64::from(ph), u64::MAX);
-                let tokens = server.declare_tokens(n_tokens, t_decl, &mut rng)?;
-                let cont_start = t_decl - SimTime::from(cfg.declare_window_days) * SimTime::from(DAY);
-                truth.declare(cfg, ph, cont_start, t_decl, EPOCH_SEC);
-                ops.push((ph, Op::Declare { tokens, cont_start: ntp(cont_start) }));
+                if let Some(ph) = pop.people[p].phone {
+                    declarers.push(ph);
+                }
             }
-            if !ops.is_empty() {
-                let now = server.set_time(t_decl);
+            if !declarers.is_empty() {
+                // The time the Apps declare at (live: later than t_decl if the simulator lags).
+                let now = server.advance(rt, &map, t_decl)?;
+                let mut ops = Vec::new();
+                for ph in declarers {
+                    let pending = phone(&phones, ph).contacts().len();
+                    let n_tokens = pending.div_ceil(max_contacts).max(1);
+                    let mut rng = crypto_rng(cfg.seed, Tag::PhoneCrypto, u64::from(ph), u64::MAX);
+                    let tokens = server.declare_tokens(n_tokens, now, &mut rng)?;
+                    let cont_start = t_decl - SimTime::from(cfg.declare_window_days) * SimTime::from(DAY);
+                    truth.declare(cfg, ph, cont_start, t_decl, now, &map);
+                    ops.push((ph, Op::Declare { tokens, cont_start: map.ntp(cont_start) }));
+                }
                 for (_, r) in run_ops(rt, &phones, &transport, cfg.seed, now, ops) {
                     if let OpResult::Declared(r) = r {
                         let (pairs, _) = r.map_err(|e| SimError::App(format!("declaration: {e}")))?;
@@ -343,8 +348,8 @@ pub fn run_traced<S: Storage>(
                         stats.pairs_uploaded += pairs;
                     }
                 }
-                // §6.2: the mixer processes the pool (the real server does within 60 s).
-                rt.block_on(server.service.mix_once(true)).map_err(|e| SimError::Server(e.to_string()))?;
+                // §6.2: the mixer processes the pool before the ESRs that depend on it.
+                server.process_uploads(rt)?;
             }
             // §7: ESRs due in this epoch.
             let t_esr = slot_start + 450;
@@ -353,6 +358,7 @@ pub fn run_traced<S: Storage>(
                 cfg,
                 rt,
                 server,
+                &map,
                 &phones,
                 &transport,
                 &schedule,
@@ -371,14 +377,15 @@ pub fn run_traced<S: Storage>(
     }
 
     // Final sweep: mix what is left, then every phone asks once more.
-    let t_end = SimTime::from(cfg.days) * SimTime::from(DAY) + 12 * 3600;
-    server.set_time(t_end);
-    rt.block_on(server.service.mix_once(true)).map_err(|e| SimError::Server(e.to_string()))?;
+    let t_end = SimTime::from(cfg.days) * SimTime::from(DAY) + server.final_sweep_after();
+    server.advance(rt, &map, t_end)?;
+    server.process_uploads(rt)?;
     let all: Vec<u32> = (0..n_phones as u32).collect();
     esr_round(
         cfg,
         rt,
         server,
+        &map,
         &phones,
         &transport,
         &schedule,
@@ -392,14 +399,12 @@ pub fn run_traced<S: Storage>(
         &mut stats,
     )?;
 
-    let m = server.service.metrics();
-    let counter = |name| m.counter(name).unwrap_or(0);
-    stats.server_pairs_accepted = counter("pairs_accepted");
-    stats.server_pairs_processed = counter("pairs_processed");
-    stats.server_pairs_rejected = counter("pairs_rejected");
-    let st = rt.block_on(server.service.storage().stats()).map_err(|e| SimError::Server(e.to_string()))?;
-    stats.server_users = st.users;
-    stats.server_pool_left = st.pool_depth;
+    let c = server.counters(rt)?;
+    stats.server_pairs_accepted = c.pairs_accepted;
+    stats.server_pairs_processed = c.pairs_processed;
+    stats.server_pairs_rejected = c.pairs_rejected;
+    stats.server_users = c.users;
+    stats.server_pool_left = c.pool_left;
 
     let accuracy = accuracy(&truth, &notified_at, &exposed_at);
     let total_infected = epi.health.iter().filter(|h| h.infected_at.is_some()).count() as u64;
@@ -417,7 +422,7 @@ pub fn run_traced<S: Storage>(
 /// One epoch's HELLOs: each sender builds the HELLO of each second it was heard (§5.1), each
 /// receiver stores what it heard, in time order (§5.2). Phones are independent: both halves run
 /// in parallel, and their results do not depend on the order.
-fn exchange_hellos(phones: &Phones, mut recs: Vec<Reception>, stats: &mut ProtocolStats) {
+fn exchange_hellos(phones: &Phones, map: &TimeMap, mut recs: Vec<Reception>, stats: &mut ProtocolStats) {
     // Receptions arrive sorted by (sender, t, receiver): one HELLO per (sender, t).
     let mut sends: Vec<(u32, u32)> = recs.iter().map(|r| (r.sender, r.t)).collect();
     sends.dedup();
@@ -425,7 +430,7 @@ fn exchange_hellos(phones: &Phones, mut recs: Vec<Reception>, stats: &mut Protoc
         .par_chunk_by(|a, b| a.0 == b.0)
         .flat_map_iter(|group| {
             let mut app = phone(phones, group[0].0);
-            group.iter().map(|&(_, t)| app.hello_at(ntp(SimTime::from(t))).ok()).collect::<Vec<_>>()
+            group.iter().map(|&(_, t)| app.hello_at(map.ntp(SimTime::from(t))).ok()).collect::<Vec<_>>()
         })
         .collect();
     recs.sort_unstable_by_key(|r| (r.receiver, r.t, r.sender));
@@ -440,7 +445,7 @@ fn exchange_hellos(phones: &Phones, mut recs: Vec<Reception>, stats: &mut Protoc
                     unsent += 1;
                     continue;
                 };
-                match app.on_hello_received(&hello, ntp(SimTime::from(r.t)), Some(r.rssi)) {
+                match app.on_hello_received(&hello, map.ntp(SimTime::from(r.t)), Some(r.rssi)) {
                     Ok(()) => stored += 1,
                     Err(ReceiveError::Duplicate) => dup += 1,
                     Err(_) => {}
@@ -459,12 +464,13 @@ fn exchange_hellos(phones: &Phones, mut recs: Vec<Reception>, stats: &mut Protoc
 /// ESRs of the phones `due` at `t` (§7), the ground truth evaluated at the same time, and the
 /// behaviour of the newly notified.
 #[allow(clippy::too_many_arguments)]
-fn esr_round<S: Storage>(
+fn esr_round<V: SimServer>(
     cfg: &SimConfig,
     rt: &tokio::runtime::Runtime,
-    server: &InProcess<S>,
+    server: &V,
+    map: &TimeMap,
     phones: &Phones,
-    transport: &robert_app::InProcessTransport<S>,
+    transport: &V::Transport,
     schedule: &EpochSchedule,
     due: &[u32],
     t: SimTime,
@@ -475,11 +481,11 @@ fn esr_round<S: Storage>(
     exposed_at: &mut [Option<SimTime>],
     stats: &mut ProtocolStats,
 ) -> Result<(), SimError> {
-    let now = server.set_time(t);
+    let now = server.advance(rt, map, t)?;
     let epoch = schedule.epoch_at(now).ok_or_else(|| SimError::Server("time before the service".into()))?;
-    let rule = &server.service.config().risk;
+    let rule = server.risk();
     for &i in due {
-        if exposed_at[i as usize].is_none() && truth.at_risk(i, t, epoch, schedule, cfg.ct_days, rule) {
+        if exposed_at[i as usize].is_none() && truth.at_risk(i, t, epoch, schedule, cfg.ct_days, &rule) {
             exposed_at[i as usize] = Some(t);
         }
     }

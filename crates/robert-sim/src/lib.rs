@@ -1,8 +1,8 @@
 //! # robert-sim: the ROBERT population simulator
 //!
 //! Real App instances ([`robert_app::App`]) against a real server
-//! ([`robert_server::service::Service`], in-process over the memory or SQLite store) on a
-//! simulated clock, in a synthetic population whose true contacts are known, so that the
+//! ([`robert_server::service::Service`], in-process over the memory or SQLite store on a
+//! simulated clock, or a live `robert serve` over HTTP on real time: [`remote`], [`simulate_live`]), in a synthetic population whose true contacts are known, so that the
 //! accuracy of notifications, what the server learns, and the attacks are *measured*.
 //!
 //! ## What is modelled
@@ -63,6 +63,7 @@ pub mod epidemic;
 pub mod plot;
 pub mod population;
 pub mod radio;
+pub mod remote;
 pub mod rng;
 pub mod server;
 pub mod truth;
@@ -155,6 +156,9 @@ pub struct SimResults {
     pub attacks: Option<attacks::AttackReport>,
     /// Machine-dependent figures.
     pub measured: Measured,
+    /// The live server's URL, when the traced runs used one (`--server`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub live_server: Option<String>,
 }
 
 /// Progress of a simulation: a stage name, units done, units in all.
@@ -199,6 +203,25 @@ fn traced_with<S: Storage>(
 /// Runs everything `cfg` asks for: the traced run, the untraced comparison, the loss sweep and
 /// the attacks.
 pub fn simulate(cfg: &SimConfig, progress: ProgressFn) -> Result<SimResults, SimError> {
+    simulate_on(cfg, None, progress)
+}
+
+/// [`simulate`] with the traced runs (main run and loss sweep, each with fresh phones) against a
+/// live `robert serve` ([`remote`]). The attack scenarios are refused: they need a server the
+/// simulator controls.
+pub fn simulate_live(
+    cfg: &SimConfig,
+    live: &remote::LiveOptions,
+    progress: ProgressFn,
+) -> Result<SimResults, SimError> {
+    simulate_on(cfg, Some(live), progress)
+}
+
+fn simulate_on(
+    cfg: &SimConfig,
+    live: Option<&remote::LiveOptions>,
+    progress: ProgressFn,
+) -> Result<SimResults, SimError> {
     cfg.validate()?;
     let started = std::time::Instant::now();
     let threads = if cfg.threads == 0 {
@@ -215,6 +238,12 @@ pub fn simulate(cfg: &SimConfig, progress: ProgressFn) -> Result<SimResults, Sim
         .enable_all()
         .build()
         .map_err(|e| SimError::Runtime(e.to_string()))?;
+    let runs = 1 + cfg.loss_sweep.iter().filter(|&&l| l != cfg.loss).count() as u32;
+    let traced_run =
+        |c: &SimConfig, pop: &Population, rt: &tokio::runtime::Runtime, p: engine::Progress| match live {
+            None => traced_run(c, pop, rt, p),
+            Some(l) => remote::traced_run(c, pop, rt, l, runs, p),
+        };
     pool.install(|| {
         let total = total_units(cfg);
         let days = u64::from(cfg.days);
@@ -276,7 +305,16 @@ pub fn simulate(cfg: &SimConfig, progress: ProgressFn) -> Result<SimResults, Sim
             total_seconds: started.elapsed().as_secs_f64(),
             threads,
         };
-        Ok(SimResults { config: cfg.clone(), population, traced, untraced, loss_sweep, attacks, measured })
+        Ok(SimResults {
+            config: cfg.clone(),
+            population,
+            traced,
+            untraced,
+            loss_sweep,
+            attacks,
+            measured,
+            live_server: live.map(|l| l.url.clone()),
+        })
     })
 }
 

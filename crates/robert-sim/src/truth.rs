@@ -11,7 +11,8 @@
 use crate::config::SimConfig;
 use crate::epidemic::SimTime;
 use crate::radio::{PhoneContact, expected_rssi, hello_times, phase};
-use robert_proto::{Epoch, EpochSchedule};
+use crate::server::TimeMap;
+use robert_proto::{Epoch, EpochSchedule, NtpTime};
 use robert_server::config::RiskSection;
 use robert_server::risk;
 use robert_server::storage::Exposure;
@@ -48,24 +49,30 @@ impl Truth {
         }
     }
 
-    /// Phone `b` declares at `td` the window `(cont_start, td)`: the ideal exposures of the
-    /// phones it met. Returns how many phones got an exposure.
+    /// Phone `b` declares at simulation time `td` (server time `td_ntp`, which a live run may
+    /// reach late) the window `(cont_start, td)`: the ideal exposures of the phones it met.
+    /// Returns how many phones got an exposure.
+    ///
+    /// The window and CT are applied as the App applies them (§6.1, §5.2 note): on the server
+    /// times `map` gives the HELLOs, in server epochs.
     pub fn declare(
         &mut self,
         cfg: &SimConfig,
         b: u32,
         cont_start: SimTime,
         td: SimTime,
-        epoch_sec: u32,
+        td_ntp: NtpTime,
+        map: &TimeMap,
     ) -> usize {
-        let ct = i64::from(cfg.ct_days) * 86_400;
+        let ct = cfg.ct_days.saturating_mul(86_400);
         let period = cfg.hello_period_sec;
+        let start = map.ntp(cont_start);
         let mut heard: Vec<(u32, u32, u16)> = Vec::new();
         for c in &self.contacts[b as usize] {
             let ph = phase(cfg.seed, c.other, period);
             for t in hello_times(c.start, c.end, ph, period) {
-                let ts = SimTime::from(t);
-                if cont_start < ts && ts < td && td - ts < ct {
+                let ts = map.ntp(SimTime::from(t));
+                if start < ts && ts < td_ntp && td_ntp.seconds().saturating_sub(ts.seconds()) < ct {
                     heard.push((c.other, t, c.distance_dm));
                 }
             }
@@ -74,7 +81,7 @@ impl Truth {
         heard.dedup_by_key(|h| (h.0, h.1));
         let mut by: BTreeMap<(u32, u32), Entry> = BTreeMap::new();
         for (a, t, dist) in heard {
-            let epoch = t / epoch_sec;
+            let epoch = map.epoch(t);
             let e = by.entry((a, epoch)).or_insert(Entry {
                 available: td,
                 epoch,
