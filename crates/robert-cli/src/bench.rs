@@ -418,7 +418,9 @@ fn data_dir() -> Result<TempDir> {
 impl<S: Storage> Server<S> {
     /// Creates keys (from `seed`), every day key of the last CT days and the next two, and the
     /// service over `storage`.
-    async fn new(storage: S, config: Config, dir: TempDir, seed: u64) -> Result<Self> {
+    async fn new(storage: S, mut config: Config, dir: TempDir, seed: u64) -> Result<Self> {
+        // The audit logs go to the run's temporary directory, like everything else it writes.
+        config.server.data_dir = dir.path().to_path_buf();
         let key_dir = dir.path().join("keys");
         let mut rng = ChaCha20Rng::seed_from_u64(seed ^ 0x5eed_0000_0000_0001);
         keystore::keygen(&key_dir, &mut rng)?;
