@@ -4,6 +4,8 @@
 //! field (for `400` problem documents), never its content.
 
 use crate::hello::Hello;
+use crate::keys::PublicKey;
+use crate::pow;
 use crate::request::AuthRequest;
 use crate::upload::UploadRecord;
 use crate::{DecodeError, NtpTime};
@@ -65,6 +67,36 @@ pub struct RegisterRequest {
     pub solution: String,
     /// pke_A, SEC1 uncompressed, base64.
     pub client_public_key: String,
+}
+
+impl RegisterRequest {
+    /// Decodes the fields (§3.3), in the order the server checks them: `challenge`, `solution`
+    /// and `clientPublicKey` are base64; the challenge is exactly `challenge_len` bytes (the
+    /// server's own format, at most [`pow::MAX_CHALLENGE_LEN`]), the solution
+    /// [`pow::SOLUTION_LEN`], the key a P-256 point (SEC1 uncompressed). Whether the challenge is
+    /// the server's, unexpired and solved is the server's check, on the decoded value.
+    pub fn decode(&self, challenge_len: usize) -> Result<Registration, DecodeError> {
+        let challenge = b64_decode("challenge", &self.challenge)?;
+        let solution = b64_decode("solution", &self.solution)?;
+        let client = b64_decode("clientPublicKey", &self.client_public_key)?;
+        DecodeError::check_len("challenge", challenge_len.min(pow::MAX_CHALLENGE_LEN), challenge.len())?;
+        let solution: [u8; pow::SOLUTION_LEN] = solution.as_slice().try_into().map_err(|_| {
+            DecodeError::Length { what: "solution", expected: pow::SOLUTION_LEN, got: solution.len() }
+        })?;
+        let client_public_key = PublicKey::parse("clientPublicKey", &client)?;
+        Ok(Registration { challenge, solution, client_public_key })
+    }
+}
+
+/// A [`RegisterRequest`] whose fields decoded.
+#[derive(Debug)]
+pub struct Registration {
+    /// The challenge bytes (of the length the server asked for).
+    pub challenge: Vec<u8>,
+    /// The proof-of-work solution.
+    pub solution: [u8; pow::SOLUTION_LEN],
+    /// pke_A, a valid P-256 point.
+    pub client_public_key: PublicKey,
 }
 
 /// `POST /api/v1/register` answer (`201`).

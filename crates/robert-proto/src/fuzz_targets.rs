@@ -8,15 +8,30 @@
 //! properties of the protocol core (round trips, "verifies iff the MAC is the recomputed one", "a
 //! MAC verifies for at most one request code", AEAD integrity). A failing assertion is a bug in
 //! `robert-proto`, not in the target.
+//!
+//! | target | function | decoder under test (as the server runs it) |
+//! |---|---|---|
+//! | `hello` | [`hello_parse_verify`] | HELLO, δ, MAC40; upload records |
+//! | `request` | [`request_decode`] | authenticated requests, binary and JSON |
+//! | `sealed_list` | [`sealed_list_open`] | the sealed EBID list |
+//! | `federation_batch` | [`federation_batch_open`] | `POST /api/v1/federation/batch`: JSON, base64, Ed25519, batch codec |
+//! | `token` | [`token_verify`] | health-authority tokens: compact JWS, header/claims JSON, ES256 |
+//! | `register` | [`register_decode`] | `POST /api/v1/register` body; P-256 points; proof of work |
+//! | `report` | [`report_decode`] | `POST /api/v1/report` body; the records the mixer forwards |
 
-use crate::api::{AuthRequestBody, ContactBody, ReportRequest, ResetRequestBody};
+use crate::api::{
+    AuthRequestBody, ContactBody, RegisterRequest, ReportRequest, ResetRequestBody, b64_decode, b64_encode,
+};
+use crate::federation::{self, Batch, BatchBody, BatchDecodeError, BatchId, BatchSigner, OpenError};
+use crate::token::{self, MAX_TOKEN_LEN, Purpose, TokenError, TrustedAuthorities};
 use crate::request::AUTH_REQUEST_LEN;
 use crate::sealed::{self, ENTRY_LEN, IV_LEN, MAX_ENTRIES, SealError, TAG_LEN};
 use crate::upload::{RECORD_LEN, RECORD_WITH_RSSI_LEN};
 use crate::{
-    AuthKey, AuthRequest, Ebid, EbidEntry, Ecc, Epoch, HELLO_LEN, Hello, KAuth, KEnc, NtpTime, RequestCode,
-    UploadRecord,
+    AuthKey, AuthRequest, CountryCode, Ebid, EbidEntry, Ecc, Epoch, HELLO_LEN, Hello, KAuth, KEnc, NtpTime,
+    PublicKey, RequestCode, UploadRecord, pow,
 };
+use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
 use std::sync::OnceLock;
 
 /// The K_auth that [`hello_parse_verify`] uses when its input is shorter than 32 bytes, and that
@@ -362,4 +377,333 @@ fn check_open(key: &KEnc, bytes: &[u8]) {
             assert!(well_sized, "a list of impossible length got past the length check");
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Federation batches
+// ---------------------------------------------------------------------------------------------
+
+/// The Ed25519 seed of the sending peer's key that [`federation_batch_open`] trusts.
+pub const FUZZ_FED_SEED: [u8; 32] = [0x33; 32];
+/// The country of that peer (France).
+pub const FUZZ_FED_FROM: u8 = 33;
+/// Another Ed25519 seed, whose signatures must never open.
+const OTHER_FED_SEED: [u8; 32] = [0x34; 32];
+
+/// An Ed25519 key from a fixed seed: signatures are deterministic (RFC 8032), so signed seeds
+/// are reproducible byte for byte.
+pub struct FuzzFederationKey(Ed25519KeyPair);
+
+impl FuzzFederationKey {
+    /// The key of `seed`.
+    pub fn new(seed: &[u8; 32]) -> Self {
+        Self(Ed25519KeyPair::from_seed_unchecked(seed).expect("any 32 bytes are an Ed25519 seed"))
+    }
+
+    /// The public key.
+    pub fn public(&self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        out.copy_from_slice(self.0.public_key().as_ref());
+        out
+    }
+}
+
+impl BatchSigner for FuzzFederationKey {
+    fn sign_batch(&self, message: &[u8]) -> [u8; federation::SIGNATURE_LEN] {
+        let mut out = [0u8; federation::SIGNATURE_LEN];
+        out.copy_from_slice(self.0.sign(message).as_ref());
+        out
+    }
+}
+
+fn fed_keys() -> &'static (FuzzFederationKey, FuzzFederationKey) {
+    static KEYS: OnceLock<(FuzzFederationKey, FuzzFederationKey)> = OnceLock::new();
+    KEYS.get_or_init(|| (FuzzFederationKey::new(&FUZZ_FED_SEED), FuzzFederationKey::new(&OTHER_FED_SEED)))
+}
+
+/// Federation batches (§8): the receiver's whole path up to storage. The input is read three ways:
+/// - as a JSON [`BatchBody`], authenticated by [`federation::open`] with [`FUZZ_FED_FROM`] trusted
+///   under [`FUZZ_FED_SEED`]'s key (so mutated signed seeds reach the decoder); an opened batch
+///   must re-encode to exactly the signed bytes, and nothing opens with an empty allow-list;
+/// - as raw batch bytes for [`Batch::decode`], which accepts exactly [`Batch::encode`]'s output;
+/// - when those bytes decode, signed by the trusted key: the body must open to the same batch,
+///   and fail under another key, with one bit of the batch flipped, or from an unknown sender.
+pub fn federation_batch_open(data: &[u8]) {
+    let (trusted, other) = fed_keys();
+    let peers = |cc: CountryCode| (cc.value() == FUZZ_FED_FROM).then(|| trusted.public());
+
+    if let Ok(body) = serde_json::from_slice::<BatchBody>(data) {
+        match federation::open(&body, peers) {
+            Ok(batch) => {
+                assert_eq!(batch.from.value(), FUZZ_FED_FROM, "a batch from an unknown sender opened");
+                let signed = b64_decode("batch", &body.batch).expect("opened, so base64");
+                assert_eq!(batch.encode(), signed, "opened batch does not re-encode to the signed bytes");
+                check_batch_records(&batch);
+            }
+            Err(OpenError::Malformed(e)) => {
+                assert!(matches!(e.field(), "batch" | "signature"), "error names {:?}", e.field())
+            }
+            Err(OpenError::Batch(_) | OpenError::UnknownSender | OpenError::BadSignature) => {}
+        }
+        assert!(federation::open(&body, |_| None).is_err(), "a batch opened with an empty allow-list");
+        assert_eq!(json_round_trip(&body), body, "BatchBody JSON round trip");
+    }
+
+    let decoded = Batch::decode(data);
+    match &decoded {
+        Ok(batch) => {
+            assert_eq!(batch.encode(), data, "batch decode/encode round trip");
+            assert_eq!(Batch::encoded_len(batch.records.iter().map(Vec::len)), data.len());
+            assert!(batch.records.len() <= federation::MAX_BATCH_PAIRS);
+            check_batch_records(batch);
+        }
+        Err(BatchDecodeError::Truncated) => {
+            assert!(data.len() < federation::HEADER_LEN || data[..8] == federation::BATCH_MAGIC)
+        }
+        Err(BatchDecodeError::Magic) => assert_ne!(data[..8], federation::BATCH_MAGIC),
+        Err(_) => assert!(data.len() >= federation::HEADER_LEN),
+    }
+
+    // Structured: the input's batch, or one built from its bytes, signed by the trusted peer.
+    let batch = match decoded {
+        Ok(mut b) => {
+            b.from = CountryCode::new(FUZZ_FED_FROM);
+            b
+        }
+        Err(_) => batch_from_bytes(data),
+    };
+    let body = BatchBody::sign(&batch, trusted);
+    assert_eq!(body.json_len(), serde_json::to_vec(&body).map_or(0, |j| j.len()), "BatchBody::json_len");
+    let opened = federation::open(&body, peers);
+    assert_eq!(opened.as_ref(), Ok(&Batch::decode(&batch.encode()).expect("encode always decodes")));
+    assert_eq!(federation::open(&BatchBody::sign(&batch, other), peers), Err(OpenError::BadSignature));
+    let mut bytes = batch.encode();
+    let bit = pick(data) % (bytes.len() * 8);
+    bytes[bit / 8] ^= 1 << (bit % 8);
+    let flipped = BatchBody { batch: b64_encode(&bytes), signature: body.signature.clone() };
+    assert!(federation::open(&flipped, peers).is_err(), "a batch with bit {bit} flipped opened");
+    let mut stranger = batch;
+    stranger.from = CountryCode::new(FUZZ_FED_FROM.wrapping_add(1));
+    assert_eq!(federation::open(&BatchBody::sign(&stranger, trusted), peers), Err(OpenError::UnknownSender));
+}
+
+/// A batch built from arbitrary bytes: header fields from the first 29 bytes, then records of
+/// lengths taken from the input (so that empty and over-long ones are exercised too).
+fn batch_from_bytes(data: &[u8]) -> Batch {
+    let byte = |i: usize| data.get(i).copied().unwrap_or(0);
+    let mut id = [0u8; 16];
+    for (i, b) in id.iter_mut().enumerate() {
+        *b = byte(2 + i);
+    }
+    let seq = (0..8).fold(0u64, |a, i| (a << 8) | u64::from(byte(18 + i)));
+    let created = NtpTime::new((0..4).fold(0u32, |a, i| (a << 8) | u32::from(byte(26 + i))));
+    let mut records = Vec::new();
+    let mut rest = data.get(30..).unwrap_or(&[]);
+    while let Some((&len, tail)) = rest.split_first() {
+        let len = usize::from(len) % (federation::MAX_RECORD_LEN + 2);
+        let take = len.min(tail.len());
+        records.push(tail[..take].to_vec());
+        rest = &tail[take..];
+    }
+    Batch {
+        from: CountryCode::new(FUZZ_FED_FROM),
+        to: CountryCode::new(byte(1)),
+        id: BatchId(id),
+        seq,
+        created,
+        records,
+    }
+}
+
+/// What the receiver does with each record of a batch: those that decode as upload records join
+/// the pool, the others are dropped alone.
+fn check_batch_records(batch: &Batch) {
+    for r in &batch.records {
+        assert!((1..=federation::MAX_RECORD_LEN).contains(&r.len()));
+        check_upload_record(r);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Health-authority tokens
+// ---------------------------------------------------------------------------------------------
+
+/// The P-256 private scalar of the authority that [`token_verify`] trusts (the seeds are signed
+/// with it).
+pub const FUZZ_AUTHORITY_SCALAR: [u8; 32] = [0x44; 32];
+/// The time (Unix seconds) at which [`token_verify`] checks tokens.
+pub const FUZZ_NOW_UNIX: u64 = 1_800_000_000;
+
+/// The ECDSA key pair of [`FUZZ_AUTHORITY_SCALAR`] (for signing seeds in tests).
+pub fn fuzz_authority_key_pair() -> aws_lc_rs::signature::EcdsaKeyPair {
+    use aws_lc_rs::agreement;
+    use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+    let ecdh = agreement::PrivateKey::from_private_key(&agreement::ECDH_P256, &FUZZ_AUTHORITY_SCALAR)
+        .expect("0x44.. is a valid P-256 scalar");
+    let public = ecdh.compute_public_key().expect("aws-lc computes a public point");
+    EcdsaKeyPair::from_private_key_and_public_key(
+        &ECDSA_P256_SHA256_FIXED_SIGNING,
+        &FUZZ_AUTHORITY_SCALAR,
+        public.as_ref(),
+    )
+    .expect("a scalar and its own point form a key pair")
+}
+
+fn fuzz_authorities() -> &'static (TrustedAuthorities, String) {
+    static TRUSTED: OnceLock<(TrustedAuthorities, String)> = OnceLock::new();
+    TRUSTED.get_or_init(|| {
+        use aws_lc_rs::encoding::AsDer;
+        let pair = fuzz_authority_key_pair();
+        let spki = pair.public_key().as_der().expect("aws-lc encodes a public key");
+        let pem = token::pem_encode(token::PUBLIC_KEY_LABEL, spki.as_ref());
+        let mut trusted = TrustedAuthorities::new();
+        let kid = trusted.add_public_key_pem(&pem).expect("the fuzz authority's own key");
+        (trusted, kid)
+    })
+}
+
+/// The `kid` of the fuzz authority (for building seeds).
+pub fn fuzz_authority_kid() -> String {
+    fuzz_authorities().1.clone()
+}
+
+/// Health-authority tokens (DESIGN §4, footnote 11): [`TrustedAuthorities::verify`] — the
+/// server's path for `POST /api/v1/report` and `/status/reset` — on the input as a token string
+/// (lossy UTF-8), for both purposes, at [`FUZZ_NOW_UNIX`], with one trusted authority
+/// ([`FUZZ_AUTHORITY_SCALAR`]). A token verifies for at most one purpose, only if it is a
+/// three-segment compact JWS within the size limit, only with a trusted key, and never once a
+/// character of its signature is changed. Tokens with valid signatures come from the seeds
+/// (signing needs aws-lc's RNG, which this crate does not use).
+pub fn token_verify(data: &[u8]) {
+    let (trusted, _) = fuzz_authorities();
+    let text = String::from_utf8_lossy(data);
+    let token = text.as_ref();
+    let declare = trusted.verify(token, Purpose::Declare, FUZZ_NOW_UNIX);
+    let reset = trusted.verify(token, Purpose::Reset, FUZZ_NOW_UNIX);
+    assert!(declare.is_err() || reset.is_err(), "a token verified for both purposes");
+    assert!(TrustedAuthorities::new().verify(token, Purpose::Declare, FUZZ_NOW_UNIX).is_err());
+    if token.len() > MAX_TOKEN_LEN {
+        assert_eq!(declare, Err(TokenError::TooLong));
+    }
+    for (purpose, outcome) in [(Purpose::Declare, &declare), (Purpose::Reset, &reset)] {
+        match outcome {
+            Ok(v) => {
+                assert_eq!(v.purpose, purpose);
+                assert!(v.exp > FUZZ_NOW_UNIX, "an expired token verified");
+                assert!(!v.jti.is_empty() && v.jti.len() <= token::MAX_JTI_LEN);
+                assert!(v.jti.bytes().all(|b| b.is_ascii_graphic()));
+                assert_eq!(token.split('.').count(), 3);
+                // Later, the same token has expired; another key never verifies it.
+                assert_eq!(trusted.verify(token, purpose, v.exp), Err(TokenError::Expired));
+                // A changed signature character never verifies.
+                let sig_start = token.rfind('.').map_or(0, |i| i + 1);
+                if sig_start < token.len() {
+                    let i = sig_start + pick(data) % (token.len() - sig_start);
+                    let mut changed = token.as_bytes().to_vec();
+                    changed[i] = if changed[i] == b'A' { b'B' } else { b'A' };
+                    let changed = String::from_utf8(changed).expect("ASCII replaced by ASCII");
+                    assert!(trusted.verify(&changed, purpose, FUZZ_NOW_UNIX).is_err(), "signature changed");
+                }
+            }
+            Err(e) => {
+                // Display is a fixed string: never the token or a claim.
+                let text = e.to_string();
+                assert!(text.len() < 80 && (token.len() < 8 || !text.contains(token)));
+            }
+        }
+    }
+    // The server strips "Bearer " from the Authorization header before verifying.
+    if let Some(bearer) = token.strip_prefix("Bearer ") {
+        let _ = trusted.verify(bearer, Purpose::Declare, FUZZ_NOW_UNIX);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Registration bodies
+// ---------------------------------------------------------------------------------------------
+
+/// The server's challenge length (nonce 16 ‖ expiry 4 ‖ difficulty 1 ‖ MAC 16).
+pub const FUZZ_CHALLENGE_LEN: usize = 37;
+
+/// `POST /api/v1/register` (§3.3): the JSON body decoded as the server does
+/// ([`RegisterRequest::decode`]); the input as a raw P-256 point ([`PublicKey::parse`]); the
+/// proof of work over the input. A decoded body is canonical base64 (one body per registration),
+/// its errors name a field, and a point parses only if it is 65 bytes starting with `04`.
+pub fn register_decode(data: &[u8]) {
+    if let Ok(req) = serde_json::from_slice::<RegisterRequest>(data) {
+        match req.decode(FUZZ_CHALLENGE_LEN) {
+            Ok(r) => {
+                assert_eq!(r.challenge.len(), FUZZ_CHALLENGE_LEN);
+                assert_eq!(b64_encode(&r.challenge), req.challenge, "non-canonical challenge accepted");
+                assert_eq!(b64_encode(&r.solution), req.solution, "non-canonical solution accepted");
+                assert_eq!(
+                    b64_encode(r.client_public_key.as_bytes()),
+                    req.client_public_key,
+                    "non-canonical key accepted"
+                );
+                assert!(pow::verify(&r.challenge, &r.solution, 0), "difficulty 0 refused a solution");
+                let _ = pow::verify(&r.challenge, &r.solution, r.challenge[20]);
+            }
+            Err(e) => assert!(
+                matches!(e.field(), "challenge" | "solution" | "clientPublicKey"),
+                "error names {:?}",
+                e.field()
+            ),
+        }
+        assert_eq!(json_round_trip(&req), req, "RegisterRequest JSON round trip");
+    }
+
+    match PublicKey::parse("clientPublicKey", data) {
+        Ok(k) => {
+            assert_eq!(k.as_bytes()[..], data[..], "point parse round trip");
+            assert_eq!(data[0], 0x04);
+        }
+        Err(e) => assert_eq!(e.field(), "clientPublicKey"),
+    }
+
+    // Proof of work: solve at a small difficulty, then the solution verifies.
+    let difficulty = data.first().map_or(0, |d| d % 6);
+    let start = data.iter().take(8).fold(0u64, |a, &b| (a << 8) | u64::from(b));
+    let solution = pow::solve(data, difficulty, start).expect("a solution exists at difficulty < 6");
+    assert!(pow::verify(data, &solution, difficulty), "a solution found by solve does not verify");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Report bodies
+// ---------------------------------------------------------------------------------------------
+
+/// `POST /api/v1/report` (§6.1): the JSON body decoded as the server does (each contact's
+/// `to_record`, then `encode` into the pool), and what the mixer forwards of it (§8: the pool
+/// records in a federation batch). Errors name `hello` or `rssi`; every decoded contact is
+/// canonical and its record survives the pool and a batch byte for byte.
+pub fn report_decode(data: &[u8]) {
+    if let Ok(report) = serde_json::from_slice::<ReportRequest>(data) {
+        let mut pooled = Vec::with_capacity(report.contacts.len());
+        for contact in &report.contacts {
+            check_contact(contact);
+            if let Ok(r) = contact.to_record() {
+                pooled.push(r.encode());
+            }
+        }
+        assert_eq!(json_round_trip(&report), report, "ReportRequest JSON round trip");
+        let batch = Batch {
+            from: CountryCode::new(FUZZ_FED_FROM),
+            to: CountryCode::new(49),
+            id: BatchId([0; 16]),
+            seq: 1,
+            created: NtpTime::new(0),
+            records: pooled.clone(),
+        };
+        let decoded = Batch::decode(&batch.encode()).expect("encode always decodes");
+        let kept = pooled.len().min(federation::MAX_BATCH_PAIRS);
+        assert_eq!(decoded.records[..], pooled[..kept], "pool records do not survive a batch");
+        for r in &decoded.records {
+            assert!(UploadRecord::decode(r).is_ok(), "a pooled record does not decode");
+        }
+    }
+    // Contacts one by one, as the body's elements (a single contact object).
+    if let Ok(contact) = serde_json::from_slice::<ContactBody>(data) {
+        check_contact(&contact);
+    }
+    check_upload_record(data);
 }

@@ -18,6 +18,8 @@
 //! | upload records (§6.1) | [`upload`] |
 //! | registration proof of work (§3.3) | [`pow`] |
 //! | JSON bodies of the HTTP API | [`api`] |
+//! | federation batches between countries' servers (§8): codec and authentication | [`federation`] |
+//! | health-authority tokens (compact JWS, ES256): verification | [`token`] |
 //! | secrets as types | [`secret`] |
 //!
 //! ## What is absent, on purpose
@@ -62,6 +64,7 @@ pub mod api;
 pub mod ebid;
 pub mod ecc;
 mod error;
+pub mod federation;
 #[doc(hidden)]
 pub mod fuzz_targets;
 pub mod hello;
@@ -73,6 +76,7 @@ pub mod schedule;
 pub mod sealed;
 pub mod secret;
 pub mod skinny;
+pub mod token;
 pub mod types;
 pub mod upload;
 

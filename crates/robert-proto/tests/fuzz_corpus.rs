@@ -10,7 +10,10 @@
 //! A failure prints the input in hex: save it as a file under `fuzz/corpus/<target>/` (or replay
 //! it with `cargo fuzz run <target> <file>`) once the bug is fixed, so it stays covered.
 
-use robert_proto::fuzz_targets::{hello_parse_verify, request_decode, sealed_list_open};
+use robert_proto::fuzz_targets::{
+    federation_batch_open, hello_parse_verify, register_decode, report_decode, request_decode, sealed_list_open,
+    token_verify,
+};
 use std::path::{Path, PathBuf};
 
 /// Random inputs per target.
@@ -141,6 +144,26 @@ fn request_target() {
 #[test]
 fn sealed_list_target() {
     exercise("sealed_list", sealed_list_open, 0x2545_f491_4f6c_dd1d);
+}
+
+#[test]
+fn federation_batch_target() {
+    exercise("federation_batch", federation_batch_open, 0x8cb9_2ba7_2f3d_8dd7);
+}
+
+#[test]
+fn token_target() {
+    exercise("token", token_verify, 0x5851_f42d_4c95_7f2d);
+}
+
+#[test]
+fn register_target() {
+    exercise("register", register_decode, 0x1405_7b7e_f767_814f);
+}
+
+#[test]
+fn report_target() {
+    exercise("report", report_decode, 0xda94_2042_e4dd_58b5);
 }
 
 /// The harness itself: the generator is deterministic and the mutator changes its input.

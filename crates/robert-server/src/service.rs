@@ -30,7 +30,7 @@ use rand::RngExt;
 use rand::seq::SliceRandom;
 use robert_proto::api::{
     AuthRequestBody, ChallengeResponse, ClockResponse, RegisterRequest, RegisterResponse, ReportRequest,
-    ResetRequestBody, StatusResponse, b64_decode, b64_encode,
+    ResetRequestBody, StatusResponse, b64_encode,
 };
 use robert_proto::pow;
 use robert_proto::sealed::{self, EbidEntry};
@@ -321,21 +321,8 @@ impl<S: Storage> Service<S> {
 
     /// `POST /api/v1/register` (§3.3, §4).
     pub async fn register(&self, req: &RegisterRequest) -> ServiceResult<RegisterResponse> {
-        let challenge = b64_decode("challenge", &req.challenge)?;
-        let solution = b64_decode("solution", &req.solution)?;
-        let client = b64_decode("clientPublicKey", &req.client_public_key)?;
-        if challenge.len() != CHALLENGE_LEN {
-            return Err(DecodeError::Length {
-                what: "challenge",
-                expected: CHALLENGE_LEN,
-                got: challenge.len(),
-            }
-            .into());
-        }
-        let solution: [u8; pow::SOLUTION_LEN] = solution.as_slice().try_into().map_err(|_| {
-            DecodeError::Length { what: "solution", expected: pow::SOLUTION_LEN, got: solution.len() }
-        })?;
-        let client = PublicKey::parse("clientPublicKey", &client)?;
+        let robert_proto::api::Registration { challenge, solution, client_public_key: client } =
+            req.decode(CHALLENGE_LEN)?;
 
         // The challenge is ours, unexpired, and solved.
         let now = self.now();
