@@ -53,6 +53,50 @@ pub struct Metrics {
     pairs_dropped_foreign: AtomicU64,
     federation_peers: RwLock<BTreeMap<u8, Arc<PeerCounters>>>,
     federation_refused: AtomicU64,
+    /// Refused replays, by [`Replay`] kind.
+    replays: [AtomicU64; Replay::ALL.len()],
+    /// `429` answers by endpoint (flood limits, `crate::limits`).
+    rate_limited: [AtomicU64; ENDPOINTS.len()],
+}
+
+/// What kind of single-use value a refused replay reused (issue 8 item 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replay {
+    /// An authenticated request (same MAC) inside its time window: the replay cache.
+    Request,
+    /// A health-authority token whose `jti` was already spent (declaration).
+    Token,
+    /// A registration challenge already used once.
+    Challenge,
+}
+
+impl Replay {
+    /// Every kind, in label order.
+    pub const ALL: [Replay; 3] = [Replay::Request, Replay::Token, Replay::Challenge];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Replay::Request => "request",
+            Replay::Token => "token",
+            Replay::Challenge => "challenge",
+        }
+    }
+}
+
+/// The outcome of one mixer batch's pairs (§6.2), counted only once the batch's commit is
+/// durable ([`Metrics::pairs_mixed`]): a crash before the commit, after which the pairs are
+/// processed again, must not count them twice.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PairTally {
+    /// Pairs that added an exposure (§6.2 step 9).
+    pub processed: u64,
+    /// Pairs that failed a §6.2 check.
+    pub rejected: u64,
+    /// Pairs put in the federation outbox (§6.2 step 3, §8).
+    pub forwarded: u64,
+    /// Pairs for a foreign country that is not a peer (dropped).
+    pub dropped_foreign: u64,
 }
 
 /// A monotonic counter.
@@ -138,6 +182,11 @@ pub struct Gauges {
 impl Metrics {
     /// Records one HTTP request (`endpoint` must be one of [`ENDPOINTS`]).
     pub fn observe(&self, endpoint: usize, status: u16, elapsed: Duration) {
+        if status == 429
+            && let Some(c) = self.rate_limited.get(endpoint)
+        {
+            c.fetch_add(1, Relaxed);
+        }
         let Some(row) = self.requests.get(endpoint) else { return };
         let col = STATUSES.iter().position(|s| *s == status).unwrap_or(STATUSES.len());
         row[col].fetch_add(1, Relaxed);
@@ -183,6 +232,30 @@ impl Metrics {
     /// A pair named a foreign country that is not a peer.
     pub fn pair_dropped_foreign(&self) {
         self.pairs_dropped_foreign.fetch_add(1, Relaxed);
+    }
+
+    /// A mixer batch's pairs, once its commit is durable.
+    pub fn pairs_mixed(&self, t: &PairTally) {
+        self.pairs_processed.fetch_add(t.processed, Relaxed);
+        self.pairs_rejected.fetch_add(t.rejected, Relaxed);
+        self.pairs_forwarded.fetch_add(t.forwarded, Relaxed);
+        self.pairs_dropped_foreign.fetch_add(t.dropped_foreign, Relaxed);
+    }
+
+    /// A request was refused as a replay of a single-use value.
+    pub fn replay_refused(&self, kind: Replay) {
+        let i = Replay::ALL.iter().position(|k| *k == kind).unwrap_or(0);
+        self.replays[i].fetch_add(1, Relaxed);
+    }
+
+    /// Refused replays of `kind` so far.
+    pub fn replays_refused(&self, kind: Replay) -> u64 {
+        Replay::ALL.iter().position(|k| *k == kind).map_or(0, |i| self.replays[i].load(Relaxed))
+    }
+
+    /// `429` answers of endpoint `endpoint` (one of [`ENDPOINTS`]) so far.
+    pub fn rate_limited(&self, endpoint: &str) -> u64 {
+        ENDPOINTS.iter().position(|e| *e == endpoint).map_or(0, |i| self.rate_limited[i].load(Relaxed))
     }
 
     /// The federation counters of peer country `cc` (created on first use).
@@ -289,6 +362,27 @@ impl Metrics {
         for (name, help, v) in gauge_rows {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         }
+        let name = "robert_replays_refused_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Requests refused as replays: an authenticated request inside its time window \
+             (request), a spent token (token), a used registration challenge (challenge).\n# TYPE {name} counter"
+        );
+        for (kind, c) in Replay::ALL.iter().zip(&self.replays) {
+            let _ = writeln!(out, "{name}{{kind=\"{}\"}} {}", kind.label(), c.load(Relaxed));
+        }
+        let name = "robert_rate_limited_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Requests answered 429 (flood limits), by endpoint.\n# TYPE {name} counter"
+        );
+        for (e, c) in self.rate_limited.iter().enumerate() {
+            let v = c.load(Relaxed);
+            // The rate-limited endpoints always appear (0 until a flood), others once they have 429s.
+            if v > 0 || matches!(ENDPOINTS[e], "register" | "challenge") {
+                let _ = writeln!(out, "{name}{{endpoint=\"{}\"}} {v}", ENDPOINTS[e]);
+            }
+        }
         let _ = writeln!(out, "# HELP robert_http_requests_total HTTP requests by endpoint and status.");
         let _ = writeln!(out, "# TYPE robert_http_requests_total counter");
         for (e, row) in self.requests.iter().enumerate() {
@@ -352,6 +446,39 @@ mod tests {
         assert!(text.contains("robert_notifications_total 1"));
         assert!(text.contains("robert_registered_ids 5"));
         assert_eq!(m.counter("notifications"), Some(1));
+    }
+
+    #[test]
+    fn replays_and_rate_limits_are_counted_by_kind_and_endpoint() {
+        let m = Metrics::default();
+        let zero = m.render(Gauges { users: 0, pool_depth: 0, outbox_depth: 0 });
+        assert!(zero.contains("robert_replays_refused_total{kind=\"request\"} 0"), "{zero}");
+        assert!(zero.contains("robert_rate_limited_total{endpoint=\"register\"} 0"), "{zero}");
+        assert!(!zero.contains("robert_rate_limited_total{endpoint=\"status\"}"), "{zero}");
+        m.replay_refused(Replay::Request);
+        m.replay_refused(Replay::Token);
+        m.replay_refused(Replay::Token);
+        m.observe(3, 429, Duration::from_micros(10));
+        m.observe(4, 429, Duration::from_micros(10));
+        m.observe(3, 201, Duration::from_micros(10));
+        let text = m.render(Gauges { users: 0, pool_depth: 0, outbox_depth: 0 });
+        assert!(text.contains("robert_replays_refused_total{kind=\"request\"} 1"), "{text}");
+        assert!(text.contains("robert_replays_refused_total{kind=\"token\"} 2"), "{text}");
+        assert!(text.contains("robert_replays_refused_total{kind=\"challenge\"} 0"), "{text}");
+        assert!(text.contains("robert_rate_limited_total{endpoint=\"register\"} 1"), "{text}");
+        assert!(text.contains("robert_rate_limited_total{endpoint=\"status\"} 1"), "{text}");
+        assert_eq!(m.rate_limited("register"), 1);
+        assert_eq!(m.replays_refused(Replay::Token), 2);
+    }
+
+    #[test]
+    fn mixed_pairs_are_counted_once_per_tally() {
+        let m = Metrics::default();
+        m.pairs_mixed(&PairTally { processed: 3, rejected: 2, forwarded: 1, dropped_foreign: 4 });
+        assert_eq!(m.counter("pairs_processed"), Some(3));
+        assert_eq!(m.counter("pairs_rejected"), Some(2));
+        assert_eq!(m.counter("pairs_forwarded"), Some(1));
+        assert_eq!(m.counter("pairs_dropped_foreign"), Some(4));
     }
 
     #[test]

@@ -20,7 +20,7 @@
 
 use crate::config::Config;
 use crate::keystore::{DayKeys, KeyError, ServerSecrets};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, PairTally, Replay};
 use crate::risk;
 use crate::storage::{
     Exposure, PoolEntry, ProcessedBatch, StatusOutcome, Storage, StorageError, TokenUse, UserRecord,
@@ -340,6 +340,7 @@ impl<S: Storage> Service<S> {
         };
         if !self.storage.spend_token(spent).await? {
             self.metrics.registration_rejected();
+            self.metrics.replay_refused(Replay::Challenge);
             return Err(ServiceError::Rejected);
         }
 
@@ -451,6 +452,7 @@ impl<S: Storage> Service<S> {
         if self.replay.first_use(&req.mac, expires, self.now()) {
             Ok(())
         } else {
+            self.metrics.replay_refused(Replay::Request);
             Err(ServiceError::Rejected)
         }
     }
@@ -568,6 +570,7 @@ impl<S: Storage> Service<S> {
         let n = entries.len() as u64;
         let spent = TokenUse { jti: format!("jwt:{}", token.jti), expires_unix: token.exp };
         if !self.storage.submit_report(spent, entries).await? {
+            self.metrics.replay_refused(Replay::Token); // the jti was spent
             return Err(ServiceError::Rejected);
         }
         self.metrics.pairs_accepted(n);
@@ -609,17 +612,21 @@ impl<S: Storage> Service<S> {
         // taken and processed here. Batch n's slots are still in the pool until that commit, so
         // the take asks for that many more and leaves them out.
         let mut erased = 0;
-        let mut pending: Option<ProcessedBatch> = None;
+        let mut pending: Option<(ProcessedBatch, PairTally)> = None;
         let mut contended = false;
         loop {
             let committing = pending.take();
             let in_flight: HashSet<[u8; 16]> =
-                committing.as_ref().map(|b| b.slots.iter().copied().collect()).unwrap_or_default();
+                committing.as_ref().map(|(b, _)| b.slots.iter().copied().collect()).unwrap_or_default();
             let commit = async {
                 match committing {
-                    Some(batch) => {
+                    Some((batch, tally)) => {
                         let forwarded = !batch.outbox.is_empty();
                         let n = self.storage.pool_commit(batch).await?;
+                        if n > 0 {
+                            // Durable now: count (0 means another mixer committed and counts them).
+                            self.metrics.pairs_mixed(&tally);
+                        }
                         if forwarded && n > 0 {
                             self.federation.wake(); // §8: the delivery loops have pairs to send
                         }
@@ -656,7 +663,10 @@ impl<S: Storage> Service<S> {
     }
 
     /// §6.2 steps 1–9 on a batch; step 10 is the commit that erases every slot of the batch.
-    async fn process_batch(&self, mut batch: Vec<PoolEntry>) -> ServiceResult<ProcessedBatch> {
+    async fn process_batch(&self, mut batch: Vec<PoolEntry>) -> ServiceResult<(ProcessedBatch, PairTally)> {
+        // Counted once the batch's commit is durable (`mix_once`): a crash before it, which has
+        // the batch processed again, counts nothing twice.
+        let mut tally = PairTally::default();
         batch.shuffle(&mut rand::rng());
         let cc_s = self.config.protocol.country_code;
         let delta = self.config.protocol.hello_delta_sec;
@@ -668,12 +678,12 @@ impl<S: Storage> Service<S> {
         let mut decoded: Vec<(usize, UploadRecord)> = Vec::with_capacity(batch.len());
         for (i, entry) in batch.iter().enumerate() {
             let Ok(rec) = UploadRecord::decode(&entry.record) else {
-                self.metrics.pair_rejected();
+                tally.rejected += 1;
                 continue;
             };
             // Step 2: δ.
             if rec.hello.check_delta(rec.time, delta).is_err() {
-                self.metrics.pair_rejected();
+                tally.rejected += 1;
                 continue;
             }
             decoded.push((i, rec));
@@ -686,14 +696,14 @@ impl<S: Storage> Service<S> {
             if cc.value() != cc_s {
                 if self.federation.routes(cc) {
                     out.outbox.push((cc, entry.record.clone(), entry.slot));
-                    self.metrics.pair_forwarded();
+                    tally.forwarded += 1;
                 } else {
-                    self.metrics.pair_dropped_foreign();
+                    tally.dropped_foreign += 1;
                 }
                 continue;
             }
             let Some(t_epoch) = self.schedule.epoch_at(rec.time) else {
-                self.metrics.pair_rejected();
+                tally.rejected += 1;
                 continue;
             };
             let mut days: Vec<u32> = [t_epoch.checked_sub(1), Some(t_epoch), t_epoch.checked_add(1)]
@@ -726,7 +736,7 @@ impl<S: Storage> Service<S> {
         let mut candidates: Vec<Candidate> = Vec::with_capacity(local.len());
         for ((i, rec, _), found) in local.into_iter().zip(found) {
             if found.is_empty() {
-                self.metrics.pair_rejected();
+                tally.rejected += 1;
             } else {
                 candidates.push((i, rec, found));
             }
@@ -754,12 +764,12 @@ impl<S: Storage> Service<S> {
                 }
             }
             if matched {
-                self.metrics.pair_processed();
+                tally.processed += 1;
             } else {
-                self.metrics.pair_rejected();
+                tally.rejected += 1;
             }
         }
-        Ok(out)
+        Ok((out, tally))
     }
 
     /// Expiry, run every epoch: LEE rows older than CT days (footnote 17), used-token records past
