@@ -291,6 +291,12 @@ pub struct FederationSection {
     /// Most pairs in one outbound batch. Default 5000: a batch of ~115 KB of JSON, well under any
     /// peer's body limit (1 MiB by default), and few round trips for a day of a country's uploads.
     pub max_batch_pairs: usize,
+    /// Largest request body sent to a peer, bytes (the batch's JSON). Batches are sealed with at
+    /// most as many pairs as fit, and a pending batch above it (sealed under another setting) is
+    /// sent in parts. Keep it below every peer's `server.max_body_bytes`; a peer that still
+    /// answers `413` gets the batch in halves (`docs/federation.md` § "Sending"). Default
+    /// 524 288 (512 KiB, half the default body limit; ~17 800 pairs).
+    pub max_batch_bytes: usize,
     /// First retry delay after a failed delivery, milliseconds; doubled after each failure.
     /// Default 1000.
     pub retry_initial_ms: u64,
@@ -316,6 +322,7 @@ impl Default for FederationSection {
     fn default() -> Self {
         Self {
             max_batch_pairs: 5000,
+            max_batch_bytes: 512 * 1024,
             retry_initial_ms: 1000,
             retry_max_ms: 300_000,
             request_timeout_sec: 30,
@@ -479,6 +486,10 @@ impl Config {
                 "federation.max_batch_pairs must be in 1..={}",
                 crate::federation::MAX_BATCH_PAIRS
             ));
+        }
+        let one_pair = crate::federation::body_len_for_pairs(1);
+        if f.max_batch_bytes < one_pair {
+            return bad(format!("federation.max_batch_bytes must be at least {one_pair} (one pair)"));
         }
         if f.retry_initial_ms == 0 || f.retry_max_ms < f.retry_initial_ms {
             return bad("federation: need 0 < retry_initial_ms <= retry_max_ms".into());

@@ -263,9 +263,64 @@ pub enum Delivery {
     Failed,
 }
 
+/// The JSON body length of a batch of `pairs` pairs of the longest upload record (HELLO ‖ Time ‖
+/// RSSI): what `federation.max_batch_bytes` is compared with when sealing.
+pub fn body_len_for_pairs(pairs: usize) -> usize {
+    let record = robert_proto::upload::RECORD_WITH_RSSI_LEN;
+    BatchBody::json_len_for(HEADER_LEN + pairs * (1 + record))
+}
+
+/// Most pairs whose batch body stays within `max_bytes` (at least 1: a single pair is always
+/// sealed, and refused by config validation if it cannot fit).
+pub fn pairs_within(max_bytes: usize) -> usize {
+    // json_len_for is increasing in the pair count: the largest n with body_len(n) <= max_bytes.
+    let (mut lo, mut hi) = (1usize, MAX_BATCH_PAIRS);
+    while lo < hi {
+        let mid = (lo + hi).div_ceil(2);
+        if body_len_for_pairs(mid) <= max_bytes { lo = mid } else { hi = mid - 1 }
+    }
+    lo
+}
+
+/// The ID of a part of a split batch: the parts of batch `root` form a binary tree (each part
+/// split at half its length), and the part of `len` records from `start` always has this ID, so a
+/// part re-sent after a failure or a restart is the same batch for the receiver (idempotence,
+/// `docs/federation.md` § "Sending"). The whole batch keeps its own ID.
+fn part_id(root: BatchId, start: usize, len: usize, total: usize) -> BatchId {
+    use sha2::{Digest, Sha256};
+    if start == 0 && len == total {
+        return root;
+    }
+    let digest = Sha256::new()
+        .chain_update(b"robert federation batch part\0")
+        .chain_update(root.0)
+        .chain_update((start as u64).to_be_bytes())
+        .chain_update((len as u64).to_be_bytes())
+        .finalize();
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&digest[..16]);
+    BatchId(id)
+}
+
+/// What the peer said to one part.
+enum PartAnswer {
+    Acknowledged(u64),
+    TooLarge,
+    Expired,
+    /// Not acknowledged; `refused` when the peer answered (4xx, or no valid acknowledgement)
+    /// rather than being unreachable or failing (5xx).
+    Failed {
+        refused: bool,
+    },
+}
+
 /// One delivery attempt to `peer`: takes (or seals) its pending batch, sends it, and erases it once
 /// acknowledged. Safe to run from several replicas at once (the storage hands them the same batch,
 /// and the receiver deduplicates it).
+///
+/// A batch too large for the peer — its body above `federation.max_batch_bytes` (sealed under
+/// another setting), or refused with `413` — is sent as two halves, recursively, each under a
+/// [`part_id`] derived from the batch ID; the batch is erased once every part is acknowledged.
 pub async fn deliver_once<S: Storage>(svc: &Service<S>, peer: CountryCode) -> Result<Delivery, ServiceError> {
     let fed = svc.federation();
     let (Some(target), Some(signing), Some(client)) =
@@ -275,10 +330,9 @@ pub async fn deliver_once<S: Storage>(svc: &Service<S>, peer: CountryCode) -> Re
     };
     let fresh_id = BatchId(rand::random());
     let now = svc.now();
-    let Some(pending) = svc
-        .storage()
-        .federation_next_batch(peer, fed.config.max_batch_pairs, fresh_id.0, now.seconds())
-        .await?
+    let max_pairs = fed.config.max_batch_pairs.min(pairs_within(fed.config.max_batch_bytes));
+    let Some(pending) =
+        svc.storage().federation_next_batch(peer, max_pairs, fresh_id.0, now.seconds()).await?
     else {
         return Ok(Delivery::Idle);
     };
@@ -299,44 +353,101 @@ pub async fn deliver_once<S: Storage>(svc: &Service<S>, peer: CountryCode) -> Re
     } else {
         counters.batches_sent.inc()
     }
-    let batch = Batch { from: fed.own, to: peer, id, seq, created: NtpTime::new(created), records };
-    let body = BatchBody::sign(&batch, signing);
-    let resp = match client.post(&target.endpoint).json(&body).send().await {
+    // Parts still to send, in order: (start, len) into `records`. The whole batch first.
+    let total = records.len();
+    let mut parts = std::collections::VecDeque::from([(0usize, total)]);
+    let mut accepted = 0u64;
+    while let Some((start, len)) = parts.pop_front() {
+        let part_records = records[start..start + len].to_vec();
+        let part = Batch {
+            from: fed.own,
+            to: peer,
+            id: part_id(id, start, len, total),
+            seq,
+            created: NtpTime::new(created),
+            records: part_records,
+        };
+        let body = BatchBody::sign(&part, signing);
+        let answer = if body.json_len() > fed.config.max_batch_bytes && len > 1 {
+            PartAnswer::TooLarge // not worth a round trip: the configured cap says so
+        } else {
+            send_part(client, &target.endpoint, &body, part.id, peer).await
+        };
+        match answer {
+            PartAnswer::Acknowledged(n) => accepted += n,
+            PartAnswer::TooLarge if len > 1 => {
+                counters.batches_split.inc();
+                fed.audit("split", peer, part.id, seq, len as u64);
+                let half = len / 2;
+                parts.push_front((start + half, len - half));
+                parts.push_front((start, half));
+            }
+            PartAnswer::TooLarge => {
+                counters.batches_rejected.inc();
+                tracing::error!(
+                    peer = peer.value(),
+                    "peer refuses a single pair as too large: its server.max_body_bytes is too small; will retry"
+                );
+                return Ok(Delivery::Failed);
+            }
+            PartAnswer::Expired => {
+                svc.storage().federation_batch_done(peer, id.0).await?;
+                counters.batches_expired.inc();
+                fed.audit("dropped-expired", peer, id, seq, pairs);
+                tracing::warn!(peer = peer.value(), batch = %id, "peer refused a batch as expired; dropped");
+                return Ok(Delivery::Expired);
+            }
+            PartAnswer::Failed { refused } => {
+                if refused {
+                    counters.batches_rejected.inc();
+                }
+                return Ok(Delivery::Failed);
+            }
+        }
+    }
+    svc.storage().federation_batch_done(peer, id.0).await?;
+    counters.batches_acknowledged.inc();
+    counters.pairs_acknowledged.add(pairs);
+    fed.audit("acknowledged", peer, id, seq, accepted);
+    Ok(Delivery::Delivered { pairs })
+}
+
+/// POSTs one signed (part of a) batch and classifies the answer.
+async fn send_part(
+    client: &reqwest::Client,
+    endpoint: &str,
+    body: &BatchBody,
+    id: BatchId,
+    peer: CountryCode,
+) -> PartAnswer {
+    let resp = match client.post(endpoint).json(body).send().await {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(peer = peer.value(), error = %without_url(&e), "federation delivery failed");
-            return Ok(Delivery::Failed);
+            return PartAnswer::Failed { refused: false };
         }
     };
     let status = resp.status();
     if status == reqwest::StatusCode::GONE {
-        svc.storage().federation_batch_done(peer, id.0).await?;
-        counters.batches_expired.inc();
-        fed.audit("dropped-expired", peer, id, seq, pairs);
-        tracing::warn!(peer = peer.value(), batch = %id, "peer refused a batch as expired; dropped");
-        return Ok(Delivery::Expired);
+        return PartAnswer::Expired;
+    }
+    if status == reqwest::StatusCode::PAYLOAD_TOO_LARGE {
+        tracing::warn!(peer = peer.value(), body_bytes = body.json_len(), "peer refused a batch as too large; splitting");
+        return PartAnswer::TooLarge;
     }
     if status.is_client_error() {
-        counters.batches_rejected.inc();
         tracing::warn!(peer = peer.value(), status = status.as_u16(), "peer refused a batch; will retry");
-        return Ok(Delivery::Failed);
+        return PartAnswer::Failed { refused: true };
     }
     if !status.is_success() {
         tracing::warn!(peer = peer.value(), status = status.as_u16(), "peer failed; will retry");
-        return Ok(Delivery::Failed);
+        return PartAnswer::Failed { refused: false };
     }
     match resp.json::<BatchAck>().await {
-        Ok(ack) if ack.batch_id == id.to_string() => {
-            svc.storage().federation_batch_done(peer, id.0).await?;
-            counters.batches_acknowledged.inc();
-            counters.pairs_acknowledged.add(pairs);
-            fed.audit("acknowledged", peer, id, seq, ack.accepted);
-            Ok(Delivery::Delivered { pairs })
-        }
+        Ok(ack) if ack.batch_id == id.to_string() => PartAnswer::Acknowledged(ack.accepted),
         _ => {
-            counters.batches_rejected.inc();
             tracing::warn!(peer = peer.value(), "peer answered without acknowledging the batch; will retry");
-            Ok(Delivery::Failed)
+            PartAnswer::Failed { refused: true }
         }
     }
 }
@@ -415,6 +526,38 @@ pub async fn delivery_loop<S: Storage>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_byte_cap_gives_the_largest_batch_that_fits() {
+        for max in [body_len_for_pairs(1), 1000, 4096, 65_536, 512 * 1024, 1 << 20] {
+            let n = pairs_within(max);
+            assert!(body_len_for_pairs(n) <= max, "{max}: {n} pairs do not fit");
+            assert!(n == MAX_BATCH_PAIRS || body_len_for_pairs(n + 1) > max, "{max}: {n} is not the largest");
+        }
+        assert_eq!(pairs_within(0), 1);
+        // A real body of n full-length records is exactly body_len_for_pairs(n).
+        let batch = Batch {
+            from: CountryCode::new(33),
+            to: CountryCode::new(49),
+            id: BatchId([1; 16]),
+            seq: 1,
+            created: NtpTime::new(1),
+            records: vec![vec![7; robert_proto::upload::RECORD_WITH_RSSI_LEN]; 10],
+        };
+        let body = BatchBody { batch: robert_proto::api::b64_encode(&batch.encode()), signature: "A".repeat(88) };
+        assert_eq!(body.json_len(), body_len_for_pairs(10));
+    }
+
+    #[test]
+    fn part_ids_are_stable_and_distinct() {
+        let root = BatchId([9; 16]);
+        assert_eq!(part_id(root, 0, 10, 10), root, "the whole batch keeps its ID");
+        assert_eq!(part_id(root, 0, 5, 10), part_id(root, 0, 5, 10), "a part's ID is a function of it");
+        let ids = [part_id(root, 0, 5, 10), part_id(root, 5, 5, 10), part_id(root, 0, 2, 10)];
+        assert!(ids.iter().all(|i| *i != root));
+        assert!(ids[0] != ids[1] && ids[0] != ids[2] && ids[1] != ids[2]);
+        assert_ne!(part_id(BatchId([8; 16]), 0, 5, 10), ids[0], "parts of another batch differ");
+    }
 
     #[test]
     fn public_keys_parse_from_hex_only() {

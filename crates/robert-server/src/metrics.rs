@@ -131,6 +131,9 @@ pub struct PeerCounters {
     pub batches_rejected: Counter,
     /// Batches the peer refused as older than its replay window (dropped).
     pub batches_expired: Counter,
+    /// Batches (or parts) split in two because they were too large for the peer (`413`, or
+    /// above `federation.max_batch_bytes`).
+    pub batches_split: Counter,
     /// Pairs in acknowledged batches.
     pub pairs_acknowledged: Counter,
     /// Batches received from the peer and stored.
@@ -144,13 +147,14 @@ pub struct PeerCounters {
 }
 
 impl PeerCounters {
-    fn rows(&self) -> [(&'static str, &'static str, &Counter); 10] {
+    fn rows(&self) -> [(&'static str, &'static str, &Counter); 11] {
         [
             ("batches_sent", "Batches sent to the peer for the first time.", &self.batches_sent),
             ("batches_retried", "Re-sends of unacknowledged batches.", &self.batches_retried),
             ("batches_acknowledged", "Batches the peer acknowledged.", &self.batches_acknowledged),
             ("batches_rejected", "Batches the peer refused (will be retried).", &self.batches_rejected),
             ("batches_expired", "Batches the peer refused as expired (dropped).", &self.batches_expired),
+            ("batches_split", "Batches split in two as too large for the peer.", &self.batches_split),
             ("pairs_acknowledged", "Pairs in batches the peer acknowledged.", &self.pairs_acknowledged),
             ("batches_received", "Batches received from the peer and stored.", &self.batches_received),
             (

@@ -452,3 +452,87 @@ async fn a_server_without_peers_refuses_batches() {
     assert!(doc["paths"]["/api/v1/federation/batch"]["post"]["responses"]["410"].is_object());
     server.stop().await;
 }
+
+/// France and Germany where Germany's body limit is `de_body_limit` bytes; `tune` adjusts France.
+async fn two_countries_small_receiver(de_body_limit: usize, tune: impl FnOnce(&mut Config)) -> Pair {
+    let fr_dir = key_dir(21, None);
+    let de_dir = key_dir(22, Some(fr_dir.path()));
+    let fr_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let de_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let fr_url = format!("http://{}", fr_listener.local_addr().expect("addr"));
+    let de_url = format!("http://{}", de_listener.local_addr().expect("addr"));
+    let mut fr_config = country_config(FR, DE, &de_url, signing_public(de_dir.path()));
+    tune(&mut fr_config);
+    let mut de_config = country_config(DE, FR, &fr_url, signing_public(fr_dir.path()));
+    de_config.server.max_body_bytes = de_body_limit;
+    let fr = TestServer::start_on(fr_config, fr_dir, fr_listener).await;
+    let de = TestServer::start_on(de_config, de_dir, de_listener).await;
+    Pair { fr, de }
+}
+
+/// Uta (DE) is met by French users who declare `n` of her HELLOs in France; France's mixer puts
+/// them in its outbox for Germany.
+async fn french_outbox_for_uta(p: &Pair, n: usize) -> TestApp {
+    let uta = TestApp::register(&p.de).await;
+    let mut hellos = Vec::new();
+    for _ in 0..n {
+        let now = p.fr.now();
+        hellos.push((uta.hello(&p.fr, now), now, Some(-50)));
+        p.fr.advance(60);
+    }
+    p.de.advance(60 * n as u32);
+    for chunk in hellos.chunks(20) {
+        declare(&p.fr, chunk).await;
+    }
+    assert_eq!(p.fr.mix().await, n as u64);
+    uta
+}
+
+/// Issue 6 leftover: a batch larger than the receiver's body limit was retried forever. Germany
+/// accepts bodies of at most 1500 bytes (about 40 pairs); France's `max_batch_bytes` (default
+/// 512 KiB) does not know it. Expected: the 60-pair batch is refused with 413, split in two halves
+/// that fit, each acknowledged; the outbox drains; every pair arrives exactly once; the split is
+/// counted and audited, and nothing is counted as a refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_above_the_peers_body_limit_is_split_and_delivered() {
+    let p = two_countries_small_receiver(1500, |_| {}).await;
+    let _uta = french_outbox_for_uta(&p, 60).await;
+    eventually("France's outbox drained", || async { outbox_depth(&p.fr).await == 0 }).await;
+    let fr_to_de = p.fr.service.metrics().federation_peer(DE);
+    assert_eq!(fr_to_de.batches_split.get(), 1, "one split: 60 pairs into 30 + 30");
+    assert_eq!(fr_to_de.batches_acknowledged.get(), 1, "the batch, acknowledged once all its parts are");
+    assert_eq!(fr_to_de.pairs_acknowledged.get(), 60);
+    assert_eq!(fr_to_de.batches_rejected.get(), 0, "a 413 is handled, not a refusal");
+    let from_fr = p.de.service.metrics().federation_peer(FR);
+    assert_eq!(from_fr.batches_received.get(), 2, "two parts received");
+    assert_eq!(from_fr.pairs_received.get(), 60);
+    assert_eq!(pool_depth(&p.de).await, 60);
+    assert_eq!(p.de.mix().await, 60);
+    assert_eq!(exposures_in_db(&p.de), 60, "every pair counted exactly once");
+    let audit = std::fs::read_to_string(p.fr.dir.path().join("federation-audit.log")).expect("audit");
+    let events: Vec<String> =
+        audit_events(&audit).iter().map(|e| e["event"].as_str().unwrap_or("?").to_owned()).collect();
+    assert_eq!(events, ["sealed", "split", "acknowledged"], "{audit}");
+    p.fr.stop().await;
+    p.de.stop().await;
+}
+
+/// The sender's own cap: with `max_batch_bytes = 1200` (about 34 full pairs) France seals batches
+/// that fit, so Germany (limit 1500) never answers 413. Expected: 60 pairs in two batches, no
+/// split, every pair once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_are_sealed_within_max_batch_bytes() {
+    let p = two_countries_small_receiver(1500, |c| c.federation.max_batch_bytes = 1200).await;
+    let per_batch = robert_server::federation::pairs_within(1200);
+    assert!((30..40).contains(&per_batch), "{per_batch}");
+    let _uta = french_outbox_for_uta(&p, 60).await;
+    eventually("France's outbox drained", || async { outbox_depth(&p.fr).await == 0 }).await;
+    let fr_to_de = p.fr.service.metrics().federation_peer(DE);
+    assert_eq!(fr_to_de.batches_split.get(), 0);
+    assert_eq!(fr_to_de.batches_acknowledged.get(), 60_u64.div_ceil(per_batch as u64));
+    assert_eq!(fr_to_de.pairs_acknowledged.get(), 60);
+    assert_eq!(p.de.mix().await, 60);
+    assert_eq!(exposures_in_db(&p.de), 60);
+    p.fr.stop().await;
+    p.de.stop().await;
+}
