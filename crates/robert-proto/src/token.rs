@@ -437,8 +437,6 @@ pub fn pem_decode(pem: &str, label: &str) -> Result<Zeroizing<Vec<u8>>, TokenErr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand_chacha::ChaCha20Rng;
-    use rand_core::SeedableRng;
 
     #[test]
     fn der_sequence_framing() {

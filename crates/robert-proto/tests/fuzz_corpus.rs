@@ -11,8 +11,8 @@
 //! it with `cargo fuzz run <target> <file>`) once the bug is fixed, so it stays covered.
 
 use robert_proto::fuzz_targets::{
-    federation_batch_open, hello_parse_verify, register_decode, report_decode, request_decode, sealed_list_open,
-    token_verify,
+    federation_batch_open, hello_parse_verify, register_decode, report_decode, request_decode,
+    sealed_list_open, token_verify,
 };
 use std::path::{Path, PathBuf};
 
@@ -174,4 +174,22 @@ fn harness_is_deterministic() {
     let seed = [0u8; 16];
     let changed = (0..100).filter(|_| mutate(&mut a, &seed) != seed).count();
     assert!(changed > 90, "mutations left the seed unchanged {} times out of 100", 100 - changed);
+}
+
+/// Regression (fuzz campaign, target `token`, `crash-e81e6c3d…`): the token
+/// `ed token: not three segment` is refused as malformed, and its error text — which happens to
+/// contain the token — is the fixed text of that refusal, not an echo. The target used to assert
+/// "the error text does not contain the token", a property of the harness that this input refutes
+/// without any leak; it now checks that every error text is the fixed text of its variant.
+#[test]
+fn regression_token_quotes_error_text() {
+    use robert_proto::token::{Purpose, TokenError, TrustedAuthorities};
+    let input = std::fs::read(corpus_dir("token").join("regression_token_quotes_error_text")).expect("seed");
+    assert_eq!(input, b"ed token: not three segment");
+    let e = TrustedAuthorities::new()
+        .verify("ed token: not three segment", Purpose::Declare, 0)
+        .expect_err("not a token");
+    assert_eq!(e, TokenError::Malformed("not three segments"));
+    assert_eq!(e.to_string(), "malformed token: not three segments");
+    run(token_verify, "regression_token_quotes_error_text", &input);
 }

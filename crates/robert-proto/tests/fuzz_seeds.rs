@@ -138,7 +138,10 @@ fn token_seeds() -> Vec<Seed> {
         ("valid_bearer_prefixed", format!("Bearer {valid}")),
         ("valid_no_typ", jws(&format!(r#"{{"alg":"ES256","kid":"{kid}"}}"#), &ok)),
         ("valid_unknown_claims", {
-            jws(&header, &format!(r#"{{"jti":"x","iat":{},"exp":{},"purpose":"declare","sub":"p"}}"#, now, now + 1))
+            jws(
+                &header,
+                &format!(r#"{{"jti":"x","iat":{},"exp":{},"purpose":"declare","sub":"p"}}"#, now, now + 1),
+            )
         }),
         ("expired", jws(&header, &claims("e", now - 7200, now - 1, "declare"))),
         ("expires_now", jws(&header, &claims("e", now - 7200, now, "declare"))),
@@ -219,7 +222,10 @@ fn register_seeds() -> Vec<Seed> {
         ("key_compressed.json", json(&req(&challenge, &solution, &compressed))),
         ("key_identity.json", json(&req(&challenge, &solution, &[0]))),
         ("challenge_short.json", json(&req(&challenge[..36], &solution, &point))),
-        ("challenge_long.json", json(&req(&[challenge.clone(), challenge.clone()].concat(), &solution, &point))),
+        (
+            "challenge_long.json",
+            json(&req(&[challenge.clone(), challenge.clone()].concat(), &solution, &point)),
+        ),
         ("solution_long.json", json(&req(&challenge, &[0; 9], &point))),
         ("challenge_noncanonical_base64.json", {
             let mut r = req(&challenge, &solution, &point);
@@ -254,13 +260,19 @@ fn report_seeds() -> Vec<Seed> {
     not_b64.hello = "AAAA*AAAAAAAAAAAAAAAAA==".into();
     let out = vec![
         ("valid_3_contacts.json", report(contacts.clone())),
-        ("valid_50_contacts.json", report((0..50).map(|n| ContactBody::from_record(&record(n, None))).collect())),
+        (
+            "valid_50_contacts.json",
+            report((0..50).map(|n| ContactBody::from_record(&record(n, None))).collect()),
+        ),
         ("empty_contacts.json", report(vec![])),
         ("rssi_out_of_range.json", report(vec![contacts[0].clone(), bad_rssi])),
         ("hello_short.json", report(vec![short])),
         ("hello_not_base64.json", report(vec![not_b64])),
         ("contact_missing_time.json", br#"{"contacts":[{"hello":"AAAAAAAAAAAAAAAAAAAAAA=="}]}"#.to_vec()),
-        ("contact_time_negative.json", br#"{"contacts":[{"hello":"AAAAAAAAAAAAAAAAAAAAAA==","time":-1}]}"#.to_vec()),
+        (
+            "contact_time_negative.json",
+            br#"{"contacts":[{"hello":"AAAAAAAAAAAAAAAAAAAAAA==","time":-1}]}"#.to_vec(),
+        ),
         ("contacts_not_array.json", br#"{"contacts":{}}"#.to_vec()),
         ("one_contact_object.json", json(&contacts[1])),
         ("truncated.json", report(contacts.clone())[..60].to_vec()),

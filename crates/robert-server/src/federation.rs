@@ -432,7 +432,11 @@ async fn send_part(
         return PartAnswer::Expired;
     }
     if status == reqwest::StatusCode::PAYLOAD_TOO_LARGE {
-        tracing::warn!(peer = peer.value(), body_bytes = body.json_len(), "peer refused a batch as too large; splitting");
+        tracing::warn!(
+            peer = peer.value(),
+            body_bytes = body.json_len(),
+            "peer refused a batch as too large; splitting"
+        );
         return PartAnswer::TooLarge;
     }
     if status.is_client_error() {
@@ -544,7 +548,8 @@ mod tests {
             created: NtpTime::new(1),
             records: vec![vec![7; robert_proto::upload::RECORD_WITH_RSSI_LEN]; 10],
         };
-        let body = BatchBody { batch: robert_proto::api::b64_encode(&batch.encode()), signature: "A".repeat(88) };
+        let body =
+            BatchBody { batch: robert_proto::api::b64_encode(&batch.encode()), signature: "A".repeat(88) };
         assert_eq!(body.json_len(), body_len_for_pairs(10));
     }
 

@@ -16,7 +16,6 @@
 //! so a seeded RNG gives a reproducible key; the ECDSA nonces are drawn inside aws-lc (hedged with
 //! the key and message), so signatures are not reproducible — token *contents* are.
 
-
 pub use robert_proto::token::*;
 
 use std::fmt;
