@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | `upload` | pairs/s through [`Service::report`] + [`Service::mix_once`] (§6.1, §6.2) | the per-pair crypto floor (SKINNY + AES + HMAC; also batched SKINNY, and the key unwrap), one core |
 //! | `status` | ESR/s over HTTP, p50/p99 (§7) | `GET /healthz` under the same load and client; `load_user` and `status_request` alone; the ESR's crypto |
-//! | `register` | registrations/s over HTTP, difficulty 0 (§3.3) | `ServerKeyPair::agree` per second, one thread and every core |
+//! | `register` | registrations/s over HTTP, difficulty 0 (§3.3) | `Registration::agree` (the key store's §3.3 agreement) per second, one thread and every core |
 //! | `storage` | bytes per registered ID, SQLite file and in-memory | – |
 //!
 //! How it is measured, and what that means for the figures:
@@ -44,7 +44,7 @@ use robert_proto::api::{
 };
 use robert_proto::{
     AppEphemeralKey, AuthKey, AuthRequest, CountryCode, EbidCipher, Epoch, EpochSchedule, Hello, Id, KAuth,
-    KEnc, NtpTime, PublicKey, RequestCode, ServerKeyPair, SessionKeys, UploadRecord, pow, sealed,
+    KEnc, NtpTime, PublicKey, RequestCode, SessionKeys, UploadRecord, pow, sealed,
 };
 use robert_server::config::{Config, POSTGRES_URL_ENV};
 use robert_server::keystore::{self, DayKeys, ServerSecrets};
@@ -499,7 +499,7 @@ impl<S: Storage> Server<S> {
             tasks.spawn(async move {
                 for a in apps.iter().skip(w).step_by(workers) {
                     let keys = SessionKeys { k_auth: a.k_auth.clone(), k_enc: a.k_enc.clone() };
-                    let wrapped = secrets.kek.wrap_session_keys(&keys, &a.id.to_be_bytes());
+                    let wrapped = secrets.kek.wrap_session_keys(&keys, &a.id.to_be_bytes())?;
                     ensure!(service.storage().insert_user(a.id, wrapped).await?, "an ID was taken twice");
                     progress(&done, apps.len(), "registering");
                 }
@@ -899,7 +899,7 @@ fn crypto_floor<S: Storage>(server: &Server<S>, apps: &[AppKeys], pairs: &[Pair]
         let epoch = schedule.epoch_at(p.record.time).context("after the service start")?;
         let (_, id) = server.cipher_for(epoch)?.decrypt(&hello.ebid());
         let keys = SessionKeys { k_auth: apps[p.app].k_auth.clone(), k_enc: apps[p.app].k_enc.clone() };
-        let wrapped = server.secrets.kek.wrap_session_keys(&keys, &id.to_be_bytes());
+        let wrapped = server.secrets.kek.wrap_session_keys(&keys, &id.to_be_bytes())?;
         cases.push((hello, server.cipher_for(epoch)?.clone(), AuthKey::new(&keys.k_auth), wrapped, id));
     }
     let fed = &server.secrets.federation;
@@ -1107,7 +1107,7 @@ fn esr_crypto_ns<S: Storage>(server: &Server<S>, apps: &[AppKeys]) -> Result<f64
     let mut cases = Vec::with_capacity(apps.len());
     for a in apps {
         let keys = SessionKeys { k_auth: a.k_auth.clone(), k_enc: a.k_enc.clone() };
-        let wrapped = server.secrets.kek.wrap_session_keys(&keys, &a.id.to_be_bytes());
+        let wrapped = server.secrets.kek.wrap_session_keys(&keys, &a.id.to_be_bytes())?;
         let req = AuthRequest::new(
             &AuthKey::new(&a.k_auth),
             RequestCode::StatusRequest,
@@ -1325,7 +1325,7 @@ impl BackendRun for RegisterRun<'_> {
             "ecdh_per_sec_one_thread",
             one,
             "1/s",
-            json!({"what": "ServerKeyPair::agree (P-256 + HMAC derivation)"}),
+            json!({"what": "Registration::agree (files key store: P-256 + HMAC derivation)"}),
         );
         report.figure("ecdh_per_sec_all_cores", all, "1/s", json!({"threads": cores()}));
         report.figure(
@@ -1352,7 +1352,7 @@ impl BackendRun for RegisterRun<'_> {
 }
 
 /// ECDH agreements per second with the server's key on `threads` threads.
-fn ecdh_rate(pair: &ServerKeyPair, peers: &[PublicKey], threads: usize, d: Duration) -> f64 {
+fn ecdh_rate(pair: &keystore::Registration, peers: &[PublicKey], threads: usize, d: Duration) -> f64 {
     let t0 = Instant::now();
     let total: u64 = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
@@ -1362,7 +1362,7 @@ fn ecdh_rate(pair: &ServerKeyPair, peers: &[PublicKey], threads: usize, d: Durat
                     let mut i = t;
                     while t0.elapsed() < d {
                         for _ in 0..16 {
-                            black_box(pair.agree(&peers[i % peers.len()]));
+                            let _ = black_box(pair.agree(&peers[i % peers.len()]));
                             i += 1;
                             n += 1;
                         }
@@ -1664,7 +1664,7 @@ async fn sqlite_size(n: usize, seed: u64) -> Result<(u64, u64, Duration)> {
             for (id, k_auth, k_enc) in ids.iter().skip(w).step_by(workers) {
                 let keys = SessionKeys { k_auth: k_auth.clone(), k_enc: k_enc.clone() };
                 // A duplicate draw (p ~ N^2 / 2^41) is refused and simply not counted twice.
-                storage.insert_user(*id, secrets.kek.wrap_session_keys(&keys, &id.to_be_bytes())).await?;
+                storage.insert_user(*id, secrets.kek.wrap_session_keys(&keys, &id.to_be_bytes())?).await?;
                 progress(&done, ids.len(), "sqlite inserts");
             }
             Ok::<_, anyhow::Error>(())
@@ -1706,7 +1706,7 @@ async fn memory_size(n: usize, seed: u64) -> Result<(Option<f64>, MemoryEstimate
     while stored < n {
         let id = random_id(&mut rng);
         let keys = SessionKeys { k_auth: KAuth::random(&mut rng), k_enc: KEnc::random(&mut rng) };
-        let wrapped = secrets.kek.wrap_session_keys(&keys, &id.to_be_bytes());
+        let wrapped = secrets.kek.wrap_session_keys(&keys, &id.to_be_bytes())?;
         if storage.insert_user(id, wrapped).await? {
             stored += 1;
         }

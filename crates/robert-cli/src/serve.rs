@@ -3,7 +3,7 @@
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use robert_proto::NtpTime;
-use robert_server::config::{Config, StorageBackend};
+use robert_server::config::{Config, KeystoreBackend, PKCS11_PIN_ENV, StorageBackend};
 use robert_server::keystore::{self, ServerSecrets};
 use robert_server::service::{Service, system_clock};
 use robert_server::storage::Storage;
@@ -22,6 +22,9 @@ pub struct ServeArgs {
     /// server runs in development mode: keys and a trusted development health-authority key are
     /// created in the data directory on first start. With `[storage] backend = "postgres"`, the
     /// database URL comes from the environment variable ROBERT_POSTGRES_URL, else from the file.
+    /// With `[keystore] backend = "pkcs11"`, the keys are in a security module provisioned by
+    /// `robert keygen --pkcs11`, and its user PIN comes from the environment variable named by
+    /// keystore.pkcs11_pin_env (default ROBERT_PKCS11_PIN).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Data directory (database, keys). Overrides the config file. Default ./robert-data.
@@ -55,21 +58,17 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     let key_dir = config.server.key_dir.clone().unwrap_or_else(|| data_dir.join("keys"));
 
-    if !keystore::keys_exist(&key_dir) {
-        if !dev_mode {
-            bail!(
-                "no server keys in {}: create them with `robert keygen --dir {}`",
-                key_dir.display(),
-                key_dir.display()
-            );
-        }
-        keystore::keygen(&key_dir, &mut rand::rng())?;
-        eprintln!("robert: created DEVELOPMENT server keys in {}", key_dir.display());
-    } else if dev_mode && !key_dir.join(keystore::FEDERATION_SIGNING_KEY_FILE).exists() {
-        keystore::keygen_federation_signing(&key_dir, &mut rand::rng())?;
-        eprintln!("robert: created a DEVELOPMENT federation signing key in {}", key_dir.display());
-    }
-    let secrets = ServerSecrets::load(&key_dir)?;
+    let secrets = if config.keystore.backend == KeystoreBackend::Pkcs11 {
+        let settings = config.keystore.pkcs11_settings()?;
+        let pin = keystore::pkcs11::Pin::from_env(&config.keystore.pkcs11_pin_env)?;
+        let secrets = ServerSecrets::load_pkcs11(&settings, &pin).with_context(|| {
+            format!("opening the server keys in PKCS#11 token '{}'", settings.token_label)
+        })?;
+        eprintln!("robert: server keys in PKCS#11 token '{}'", settings.token_label);
+        secrets
+    } else {
+        file_secrets(&key_dir, dev_mode)?
+    };
 
     let mut authorities = TrustedAuthorities::new();
     for pem_path in &config.authorities.public_keys {
@@ -125,6 +124,25 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
             }
         }
     })
+}
+
+/// The file backend's keys: loaded from `key_dir`, created there first in development mode.
+fn file_secrets(key_dir: &Path, dev_mode: bool) -> Result<ServerSecrets> {
+    if !keystore::keys_exist(key_dir) {
+        if !dev_mode {
+            bail!(
+                "no server keys in {}: create them with `robert keygen --dir {}`",
+                key_dir.display(),
+                key_dir.display()
+            );
+        }
+        keystore::keygen(key_dir, &mut rand::rng())?;
+        eprintln!("robert: created DEVELOPMENT server keys in {}", key_dir.display());
+    } else if dev_mode && !key_dir.join(keystore::FEDERATION_SIGNING_KEY_FILE).exists() {
+        keystore::keygen_federation_signing(key_dir, &mut rand::rng())?;
+        eprintln!("robert: created a DEVELOPMENT federation signing key in {}", key_dir.display());
+    }
+    Ok(ServerSecrets::load(key_dir)?)
 }
 
 async fn run<S: Storage>(
@@ -210,18 +228,62 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
 #[derive(Debug, Args)]
 pub struct KeygenArgs {
     /// Directory to write the server keys into (K_G, sk_S and pk_S, the key-encryption key, the
-    /// federation signing key and its public key). Refuses to overwrite existing keys.
+    /// federation signing key and its public key). Refuses to overwrite existing keys. With
+    /// --pkcs11, only the public files (pk_S, the federation signing public key) and the audit
+    /// log of the key creation are written there.
     #[arg(long)]
     dir: PathBuf,
     /// Only create the federation signing key (Ed25519, §8) in a key directory made before
     /// federation existed; the other keys are left as they are.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "pkcs11")]
     federation_only: bool,
+    /// Provision a PKCS#11 security module instead of writing key files: K_G, sk_S, the
+    /// key-encryption key, the challenge key and the federation signing key are generated inside
+    /// the token (sk_S, the KEK and the signing key non-extractable). Needs --module and
+    /// --token-label; the token's user PIN is read from the environment (--pin-env).
+    #[arg(long, requires_all = ["module", "token_label"])]
+    pkcs11: bool,
+    /// With --pkcs11: the PKCS#11 module (shared library), e.g. /usr/lib/softhsm/libsofthsm2.so.
+    #[arg(long, requires = "pkcs11")]
+    module: Option<PathBuf>,
+    /// With --pkcs11: the label of the (initialised) token to provision.
+    #[arg(long, requires = "pkcs11")]
+    token_label: Option<String>,
+    /// With --pkcs11: the environment variable that holds the token's user PIN (the PIN is never
+    /// a command-line argument, which other users could read).
+    #[arg(long, default_value = PKCS11_PIN_ENV)]
+    pin_env: String,
+    /// With --pkcs11: import K_G, sk_S and the key-encryption key from this existing key
+    /// directory instead of generating them, to move a running deployment into the module
+    /// without losing registrations (Apps keep their pinned pk_S; stored rows still unwrap).
+    /// Delete the key files once the server runs on the module.
+    #[arg(long, requires = "pkcs11")]
+    from_dir: Option<PathBuf>,
 }
 
 /// Runs `robert keygen`.
 pub fn keygen(args: &KeygenArgs) -> Result<()> {
-    if args.federation_only {
+    if args.pkcs11 {
+        let (Some(module), Some(token_label)) = (&args.module, &args.token_label) else {
+            bail!("--pkcs11 needs --module and --token-label");
+        };
+        let settings =
+            keystore::pkcs11::Pkcs11Settings { module: module.clone(), token_label: token_label.clone() };
+        let pin = keystore::pkcs11::Pin::from_env(&args.pin_env)?;
+        let source = match &args.from_dir {
+            Some(d) => keystore::pkcs11::Provision::FromDir(d),
+            None => keystore::pkcs11::Provision::Generate,
+        };
+        keystore::keygen_pkcs11(&args.dir, &settings, &pin, source)
+            .with_context(|| format!("provisioning PKCS#11 token '{token_label}'"))?;
+        eprintln!(
+            "robert: created the server keys in PKCS#11 token '{token_label}'{}; public files in {} \
+             (pk_S for apps to pin: {})",
+            if args.from_dir.is_some() { " (K_G, sk_S, KEK imported)" } else { "" },
+            args.dir.display(),
+            args.dir.join(keystore::REGISTRATION_PUBLIC_FILE).display()
+        );
+    } else if args.federation_only {
         keystore::keygen_federation_signing(&args.dir, &mut rand::rng())?;
     } else {
         keystore::keygen(&args.dir, &mut rand::rng())?;

@@ -28,6 +28,8 @@ pub struct Config {
     pub federation: FederationSection,
     /// Flood and replay protection (rate limits, replay cache).
     pub limits: LimitsSection,
+    /// Where the server's long-term keys live: key files or a PKCS#11 security module.
+    pub keystore: KeystoreSection,
 }
 
 /// `[server]`.
@@ -284,6 +286,64 @@ pub enum StorageBackend {
     Postgres,
 }
 
+/// `[keystore]`: where the server's secrets live (`crate::keystore`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeystoreSection {
+    /// `"files"` (default: hex key files in `server.key_dir`, for development) or `"pkcs11"` (a
+    /// security module provisioned by `robert keygen --pkcs11`: sk_S and the KEK never leave it).
+    pub backend: KeystoreBackend,
+    /// For pkcs11: the module, e.g. `/usr/lib/softhsm/libsofthsm2.so`.
+    pub pkcs11_module: Option<PathBuf>,
+    /// For pkcs11: the token's label.
+    pub pkcs11_token_label: Option<String>,
+    /// For pkcs11: the environment variable that holds the token's user PIN (never in this file).
+    /// Default [`PKCS11_PIN_ENV`].
+    pub pkcs11_pin_env: String,
+}
+
+/// Default environment variable of the PKCS#11 user PIN.
+pub const PKCS11_PIN_ENV: &str = "ROBERT_PKCS11_PIN";
+
+impl Default for KeystoreSection {
+    fn default() -> Self {
+        Self {
+            backend: KeystoreBackend::Files,
+            pkcs11_module: None,
+            pkcs11_token_label: None,
+            pkcs11_pin_env: PKCS11_PIN_ENV.to_owned(),
+        }
+    }
+}
+
+impl KeystoreSection {
+    /// The module and token of the pkcs11 backend; an error naming the missing keys.
+    pub fn pkcs11_settings(&self) -> Result<crate::keystore::pkcs11::Pkcs11Settings, ConfigError> {
+        match (&self.pkcs11_module, &self.pkcs11_token_label) {
+            (Some(module), Some(label)) if !label.is_empty() && !module.as_os_str().is_empty() => {
+                Ok(crate::keystore::pkcs11::Pkcs11Settings {
+                    module: module.clone(),
+                    token_label: label.clone(),
+                })
+            }
+            _ => Err(ConfigError::Invalid(
+                "keystore.backend = \"pkcs11\" needs keystore.pkcs11_module and keystore.pkcs11_token_label"
+                    .into(),
+            )),
+        }
+    }
+}
+
+/// Key-store backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeystoreBackend {
+    /// Key files in the key directory.
+    Files,
+    /// A PKCS#11 security module.
+    Pkcs11,
+}
+
 /// `[federation]` (§8, `docs/federation.md`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -475,6 +535,12 @@ impl Config {
                 return bad("storage.backend = \"postgres\" (replicas) needs protocol.service_start_ntp set");
             }
         }
+        if self.keystore.backend == KeystoreBackend::Pkcs11 {
+            self.keystore.pkcs11_settings()?;
+        }
+        if self.keystore.pkcs11_pin_env.is_empty() {
+            return bad("keystore.pkcs11_pin_env must name an environment variable");
+        }
         self.validate_federation()
     }
 
@@ -526,6 +592,26 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         Config::default().validate().expect("defaults valid");
+    }
+
+    #[test]
+    fn pkcs11_keystore_needs_module_and_token() {
+        let mut c = Config::default();
+        c.keystore.backend = KeystoreBackend::Pkcs11;
+        let e = c.validate().expect_err("no module").to_string();
+        assert!(e.contains("keystore.pkcs11_module") && e.contains("keystore.pkcs11_token_label"), "{e}");
+        c.keystore.pkcs11_module = Some(PathBuf::from("/usr/lib/softhsm/libsofthsm2.so"));
+        c.keystore.pkcs11_token_label = Some("robert".into());
+        c.validate().expect("valid");
+        c.keystore.pkcs11_pin_env = String::new();
+        assert!(c.validate().expect_err("no PIN variable").to_string().contains("pkcs11_pin_env"));
+        let parsed: Config = toml::from_str(
+            "[keystore]\nbackend = \"pkcs11\"\npkcs11_module = \"/m.so\"\npkcs11_token_label = \"t\"\n",
+        )
+        .expect("parses");
+        assert_eq!(parsed.keystore.pkcs11_settings().expect("settings").token_label, "t");
+        assert_eq!(parsed.keystore.pkcs11_pin_env, PKCS11_PIN_ENV);
+        assert!(toml::from_str::<Config>("[keystore]\npkcs11_pin = \"1234\"\n").is_err(), "no PIN key");
     }
 
     #[test]

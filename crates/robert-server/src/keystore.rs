@@ -1,16 +1,32 @@
 //! The server's secrets (§3.1): K_G, the registration key pair (sk_S, pk_S), the key-encryption
 //! key (KEK) that wraps every K_auth / K_enc at rest, and each UTC day's K_S.
 //!
-//! This is the only module that touches the server's long-term key material. The file backend
-//! keeps the three long-term keys as hex text files (mode 0600) in the key directory; a PKCS#11
-//! backend (security module, Annex B) takes the same role later. Each day's K_S is drawn fresh,
-//! stored wrapped under the KEK in the database (so every replica and every restart uses the same
-//! one), kept CT days after its day, then destroyed (footnote 5).
+//! This is the only module that touches the server's long-term key material. Where the keys live
+//! and where the operations on them run is one trait, [`KeyStore`], with two backends:
+//!
+//! * **files** ([`FileKeyStore`], the default, for development): the long-term keys are hex text
+//!   files (mode 0600) in the key directory, operations run in this process (aws-lc-rs);
+//! * **pkcs11** ([`pkcs11::ModuleKeyStore`], production): a security module (Annex B) holds sk_S
+//!   and the KEK as non-extractable keys and runs ECDH and AES-GCM inside; it creates and destroys
+//!   K_G and the day keys (see [`pkcs11`] for what leaves the module and why).
+//!
+//! [`ServerSecrets`] is what the service holds, whatever the backend: [`Registration`] (pk_S,
+//! §3.3 agreement) and [`Kek`] (wrapping) are handles onto the same store. Both backends produce
+//! the same bytes: the same K_auth / K_enc for the same sk_S and App key, the same wrapped format
+//! (`nonce ‖ AES-256-GCM ‖ tag`, [`WRAPPED_SESSION_KEYS_LEN`]).
+//!
+//! Each day's K_S is made by the backend, stored wrapped under the KEK in the database (so every
+//! replica and every restart uses the same one), kept CT days after its day, then destroyed
+//! (footnote 5), in memory, in storage and, for pkcs11, in the module.
+
+pub mod pkcs11;
 
 use crate::storage::Storage;
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use robert_proto::secret::SecretBytes;
-use robert_proto::{EbidCipher, FederationKey, KAuth, KEnc, ServerKey, ServerKeyPair, SessionKeys};
+use robert_proto::{
+    EbidCipher, FederationKey, KAuth, KEnc, PublicKey, ServerKey, ServerKeyPair, SessionKeys,
+};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io::Write;
@@ -59,7 +75,48 @@ pub enum KeyError {
     /// Storage failed while handling day keys.
     #[error(transparent)]
     Storage(#[from] crate::storage::StorageError),
+    /// The security module (PKCS#11) failed or refused: no module, no token, wrong PIN, missing
+    /// object, a mechanism error. The text names labels and PKCS#11 return codes, never a value.
+    #[error("security module: {0}")]
+    Module(String),
 }
+
+/// Where the server's long-term keys live and where the operations on them run (§3.1, §3.3,
+/// Annex B). Implementations: [`FileKeyStore`] (key files, operations in this process) and
+/// [`pkcs11::ModuleKeyStore`] (a PKCS#11 security module).
+///
+/// Contract, for every backend: `agree` returns `SessionKeys::derive` of the P-256 x-coordinate
+/// (§3.3), so both backends give identical K_auth / K_enc for the same sk_S; `kek_seal` is
+/// AES-256-GCM with a 128-bit tag appended, `kek_open` its inverse, failing with
+/// [`KeyError::Unwrap`] (and nothing else) when the tag does not verify.
+pub trait KeyStore: Send + Sync + fmt::Debug {
+    /// `"files"` or `"pkcs11"` (for the audit log and operators).
+    fn backend(&self) -> &'static str;
+    /// pk_S, which Apps pin.
+    fn server_public_key(&self) -> &PublicKey;
+    /// Server side of §3.3: `sk_S · pke_A`, then the derivation of K_auth and K_enc.
+    fn agree(&self, client: &PublicKey) -> Result<SessionKeys, KeyError>;
+    /// AES-256-GCM under the KEK: `ciphertext ‖ tag`.
+    fn kek_seal(&self, nonce: &[u8; NONCE_LEN], plain: &[u8], aad: &[u8]) -> Result<Vec<u8>, KeyError>;
+    /// Inverse of [`KeyStore::kek_seal`].
+    fn kek_open(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        sealed: &[u8],
+        aad: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, KeyError>;
+    /// A fresh K_S for UTC day `day` (§3.1 footnote 5), and the backend's handle on its copy.
+    fn create_day_key(&self, day: u32) -> Result<(ServerKey, DayKeyObject), KeyError>;
+    /// Destroys the backend's copy of a day key made by [`KeyStore::create_day_key`] that did not
+    /// become the day's key (another replica stored one first).
+    fn discard_day_key(&self, object: DayKeyObject) -> Result<(), KeyError>;
+    /// Destroys the backend's copies of the keys of days before `day`; returns how many.
+    fn destroy_day_keys_before(&self, day: u32) -> Result<usize, KeyError>;
+}
+
+/// A backend's handle on a day key it created (opaque; nothing for the file backend).
+#[derive(Debug)]
+pub struct DayKeyObject(Option<[u8; 16]>);
 
 /// Writes fresh K_G (AES-256), sk_S, KEK and the federation signing key into `dir` (created if
 /// needed, files mode 0600). Refuses to overwrite: losing these keys loses every registration.
@@ -100,6 +157,51 @@ pub fn keygen(dir: &Path, rng: &mut (impl rand_core::CryptoRng + ?Sized)) -> Res
     Ok(())
 }
 
+/// `robert keygen --pkcs11`: creates the long-term keys inside the token (or imports a key
+/// directory's, [`pkcs11::Provision::FromDir`]), then writes into `dir` the public files other
+/// tools need (pk_S, the federation signing public key) and records the creation in `dir`'s
+/// audit log. Refuses to overwrite keys in the token or public files in `dir`.
+pub fn keygen_pkcs11(
+    dir: &Path,
+    settings: &pkcs11::Pkcs11Settings,
+    pin: &pkcs11::Pin,
+    source: pkcs11::Provision<'_>,
+) -> Result<(), KeyError> {
+    std::fs::create_dir_all(dir).map_err(|source| KeyError::Io { path: dir.to_owned(), source })?;
+    for f in [REGISTRATION_PUBLIC_FILE, FEDERATION_SIGNING_PUBLIC_FILE] {
+        let p = dir.join(f);
+        if p.exists() {
+            return Err(KeyError::Exists(p));
+        }
+    }
+    let imported = matches!(source, pkcs11::Provision::FromDir(_));
+    let token = pkcs11::Token::open(settings, pin)?;
+    let made = pkcs11::provision(&token, source)?;
+    let public = dir.join(REGISTRATION_PUBLIC_FILE);
+    std::fs::write(&public, format!("{}\n", hex::encode(made.server_public.as_bytes())))
+        .map_err(|source| KeyError::Io { path: public, source })?;
+    let public = dir.join(FEDERATION_SIGNING_PUBLIC_FILE);
+    std::fs::write(&public, format!("{}\n", hex::encode(made.federation_signing_public)))
+        .map_err(|source| KeyError::Io { path: public, source })?;
+    let audit = crate::audit::AuditLog::open(&dir.join(KEYGEN_AUDIT_FILE))
+        .map_err(|e| KeyError::Io { path: dir.join(KEYGEN_AUDIT_FILE), source: std::io::Error::other(e) })?;
+    audit.append(
+        "keys-created",
+        &[
+            ("keys", serde_json::json!(["K_G", "sk_S", "KEK", "K_challenge", "federation-signing"])),
+            ("keystore", serde_json::json!("pkcs11")),
+            ("imported", serde_json::json!(if imported { vec!["K_G", "sk_S", "KEK"] } else { vec![] })),
+            (
+                "server_key_sha256",
+                serde_json::json!(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+                    made.server_public.as_bytes()
+                ))),
+            ),
+        ],
+    );
+    Ok(())
+}
+
 /// The key directory's audit log (hash-chained, `crate::audit`): `robert keygen` records there.
 pub const KEYGEN_AUDIT_FILE: &str = "keygen-audit.log";
 
@@ -127,13 +229,22 @@ pub fn keygen_federation_signing(
 
 /// This server's federation signing key (§8): Ed25519 (aws-lc-rs), signing outbound batches.
 /// The seed lives only inside AWS-LC (freed and cleansed with the key); `Debug` prints nothing of it.
+///
+/// With the pkcs11 backend the key is in the module and each batch is signed there (`CKM_EDDSA`).
 pub struct BatchSigningKey {
-    pair: aws_lc_rs::signature::Ed25519KeyPair,
+    inner: SigningInner,
+}
+
+enum SigningInner {
+    File(aws_lc_rs::signature::Ed25519KeyPair),
+    Module(pkcs11::ModuleSigningKey),
 }
 
 impl BatchSigningKey {
     fn from_seed(seed: &[u8]) -> Option<Self> {
-        aws_lc_rs::signature::Ed25519KeyPair::from_seed_unchecked(seed).ok().map(|pair| Self { pair })
+        aws_lc_rs::signature::Ed25519KeyPair::from_seed_unchecked(seed)
+            .ok()
+            .map(|pair| Self { inner: SigningInner::File(pair) })
     }
 
     /// Loads `dir/federation-signing-key.hex`; `Ok(None)` if the file does not exist.
@@ -149,19 +260,34 @@ impl BatchSigningKey {
         Self::from_seed(&seed).map(Some).ok_or(KeyError::Invalid { path, reason: "Ed25519 seed rejected" })
     }
 
-    /// Signs `message` (a whole encoded batch).
+    /// Signs `message` (a whole encoded batch). If the security module fails, the failure is
+    /// logged and the signature is all zeros: the peer refuses it and the batch is delivered
+    /// again on the next attempt (nothing is lost; the sender keeps it until acknowledged).
     pub fn sign(&self, message: &[u8]) -> [u8; 64] {
-        let mut out = [0u8; 64];
-        out.copy_from_slice(self.pair.sign(message).as_ref());
-        out
+        match &self.inner {
+            SigningInner::File(pair) => {
+                let mut out = [0u8; 64];
+                out.copy_from_slice(pair.sign(message).as_ref());
+                out
+            }
+            SigningInner::Module(key) => key.sign(message).unwrap_or_else(|e| {
+                tracing::error!(error = %e, "federation batch signing failed in the security module");
+                [0u8; 64]
+            }),
+        }
     }
 
     /// The public key, 32 bytes (RFC 8032 encoding).
     pub fn public_key(&self) -> [u8; 32] {
-        use aws_lc_rs::signature::KeyPair;
-        let mut out = [0u8; 32];
-        out.copy_from_slice(self.pair.public_key().as_ref());
-        out
+        match &self.inner {
+            SigningInner::File(pair) => {
+                use aws_lc_rs::signature::KeyPair;
+                let mut out = [0u8; 32];
+                out.copy_from_slice(pair.public_key().as_ref());
+                out
+            }
+            SigningInner::Module(key) => key.public_key(),
+        }
     }
 }
 
@@ -195,38 +321,139 @@ fn read_secret(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyError> {
         .map_err(|_| KeyError::Invalid { path: path.to_owned(), reason: "not hex" })
 }
 
+/// The long-term keys of a key directory, read (for [`FileKeyStore`] and for importing them into
+/// a security module).
+pub(crate) struct FileSecrets {
+    pub(crate) kg: Zeroizing<Vec<u8>>,
+    pub(crate) kek: Zeroizing<Vec<u8>>,
+    pub(crate) scalar: SecretBytes<32>,
+    pub(crate) pair: ServerKeyPair,
+}
+
+impl FileSecrets {
+    pub(crate) fn read(dir: &Path) -> Result<Self, KeyError> {
+        let invalid = |f: &str, reason| KeyError::Invalid { path: dir.join(f), reason };
+        let kg = read_secret(&dir.join(FEDERATION_KEY_FILE))?;
+        FederationKey::new(&kg)
+            .map_err(|_| invalid(FEDERATION_KEY_FILE, "K_G must be 16, 24 or 32 bytes"))?;
+        let sk = read_secret(&dir.join(REGISTRATION_KEY_FILE))?;
+        let scalar = SecretBytes::<32>::from_slice("sk_S", &sk)
+            .map_err(|_| invalid(REGISTRATION_KEY_FILE, "sk_S must be 32 bytes"))?;
+        let pair = ServerKeyPair::from_scalar(&scalar)
+            .map_err(|_| invalid(REGISTRATION_KEY_FILE, "sk_S is not a valid P-256 scalar"))?;
+        let kek = read_secret(&dir.join(KEK_FILE))?;
+        if kek.len() != 32 {
+            return Err(invalid(KEK_FILE, "the KEK must be 32 bytes"));
+        }
+        Ok(Self { kg, kek, scalar, pair })
+    }
+}
+
 /// True if `dir` holds a complete set of server keys.
 pub fn keys_exist(dir: &Path) -> bool {
     [FEDERATION_KEY_FILE, REGISTRATION_KEY_FILE, KEK_FILE].iter().all(|f| dir.join(f).exists())
 }
 
-/// The key-encryption key: AES-256-GCM, random 96-bit nonce, the owner's identity as associated
-/// data (so a wrapped value cannot be moved to another row).
+/// The file backend: sk_S and the KEK from the key directory, operations in this process.
+pub struct FileKeyStore {
+    pair: ServerKeyPair,
+    kek: LessSafeKey,
+}
+
+impl FileKeyStore {
+    fn new(pair: ServerKeyPair, kek: &[u8]) -> Option<Self> {
+        UnboundKey::new(&AES_256_GCM, kek).ok().map(|k| Self { pair, kek: LessSafeKey::new(k) })
+    }
+}
+
+impl fmt::Debug for FileKeyStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FileKeyStore([redacted])")
+    }
+}
+
+impl KeyStore for FileKeyStore {
+    fn backend(&self) -> &'static str {
+        "files"
+    }
+
+    fn server_public_key(&self) -> &PublicKey {
+        self.pair.public_key()
+    }
+
+    fn agree(&self, client: &PublicKey) -> Result<SessionKeys, KeyError> {
+        Ok(self.pair.agree(client))
+    }
+
+    fn kek_seal(&self, nonce: &[u8; NONCE_LEN], plain: &[u8], aad: &[u8]) -> Result<Vec<u8>, KeyError> {
+        let mut body = plain.to_vec();
+        self.kek
+            .seal_in_place_append_tag(Nonce::assume_unique_for_key(*nonce), Aad::from(aad), &mut body)
+            .map_err(|_| KeyError::Module("AES-GCM sealing failed".into()))?;
+        Ok(body)
+    }
+
+    fn kek_open(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        sealed: &[u8],
+        aad: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        let mut buf = Zeroizing::new(sealed.to_vec());
+        let len = self
+            .kek
+            .open_in_place(Nonce::assume_unique_for_key(*nonce), Aad::from(aad), &mut buf)
+            .map_err(|_| KeyError::Unwrap)?
+            .len();
+        buf.truncate(len);
+        Ok(buf)
+    }
+
+    fn create_day_key(&self, _day: u32) -> Result<(ServerKey, DayKeyObject), KeyError> {
+        Ok((ServerKey::new(rand::random()), DayKeyObject(None)))
+    }
+
+    fn discard_day_key(&self, _object: DayKeyObject) -> Result<(), KeyError> {
+        Ok(())
+    }
+
+    fn destroy_day_keys_before(&self, _day: u32) -> Result<usize, KeyError> {
+        // The file backend keeps no copy of a day key: storage holds the wrapped one.
+        Ok(0)
+    }
+}
+
+/// The key-encryption key, wherever it lives: AES-256-GCM, random 96-bit nonce, the owner's
+/// identity as associated data (so a wrapped value cannot be moved to another row).
+#[derive(Clone)]
 pub struct Kek {
-    key: LessSafeKey,
+    store: Arc<dyn KeyStore>,
 }
 
 /// Length of what [`Kek::wrap_session_keys`] returns: nonce ‖ K_auth ‖ K_enc encrypted ‖ tag.
 pub const WRAPPED_SESSION_KEYS_LEN: usize = NONCE_LEN + 64 + 16;
 
 impl Kek {
-    fn new(bytes: &[u8]) -> Option<Self> {
-        UnboundKey::new(&AES_256_GCM, bytes).ok().map(|k| Self { key: LessSafeKey::new(k) })
+    /// The KEK of `store`.
+    pub fn of(store: Arc<dyn KeyStore>) -> Self {
+        Self { store }
+    }
+
+    /// The key store behind this KEK.
+    pub fn store(&self) -> &Arc<dyn KeyStore> {
+        &self.store
     }
 
     /// `nonce ‖ ciphertext ‖ tag`.
-    pub fn wrap(&self, plain: &[u8], aad: &[u8]) -> Vec<u8> {
+    pub fn wrap(&self, plain: &[u8], aad: &[u8]) -> Result<Vec<u8>, KeyError> {
         let mut nonce = [0u8; NONCE_LEN];
         rand::fill(&mut nonce[..]);
-        let mut out = Vec::with_capacity(NONCE_LEN + plain.len() + 16);
+        let mut body = self.store.kek_seal(&nonce, plain, aad)?;
+        let mut out = Vec::with_capacity(NONCE_LEN + body.len());
         out.extend_from_slice(&nonce);
-        let mut body = plain.to_vec();
-        self.key
-            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut body)
-            .expect("AES-GCM sealing of a short buffer cannot fail");
         out.extend_from_slice(&body);
         zeroize::Zeroize::zeroize(&mut body);
-        out
+        Ok(out)
     }
 
     /// Inverse of [`Kek::wrap`].
@@ -235,16 +462,12 @@ impl Kek {
             return Err(KeyError::Unwrap);
         }
         let (nonce, rest) = wrapped.split_at(NONCE_LEN);
-        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| KeyError::Unwrap)?;
-        let mut buf = Zeroizing::new(rest.to_vec());
-        let len =
-            self.key.open_in_place(nonce, Aad::from(aad), &mut buf).map_err(|_| KeyError::Unwrap)?.len();
-        buf.truncate(len);
-        Ok(buf)
+        let nonce: &[u8; NONCE_LEN] = nonce.try_into().map_err(|_| KeyError::Unwrap)?;
+        self.store.kek_open(nonce, rest, aad)
     }
 
     /// Wraps an App's K_auth ‖ K_enc for the IDTable row of `id_bytes`.
-    pub fn wrap_session_keys(&self, keys: &SessionKeys, id_bytes: &[u8]) -> Vec<u8> {
+    pub fn wrap_session_keys(&self, keys: &SessionKeys, id_bytes: &[u8]) -> Result<Vec<u8>, KeyError> {
         let mut plain = Zeroizing::new([0u8; 64]);
         plain[..32].copy_from_slice(keys.k_auth.expose_secret());
         plain[32..].copy_from_slice(keys.k_enc.expose_secret());
@@ -270,15 +493,40 @@ impl fmt::Debug for Kek {
     }
 }
 
+/// The registration key pair (sk_S, pk_S), wherever sk_S lives (§3.1, §3.3).
+#[derive(Clone)]
+pub struct Registration {
+    store: Arc<dyn KeyStore>,
+}
+
+impl Registration {
+    /// pk_S, which Apps pin.
+    pub fn public_key(&self) -> &PublicKey {
+        self.store.server_public_key()
+    }
+
+    /// Server side of §3.3: `sk_S · pke_A`, then the derivation.
+    pub fn agree(&self, client_public: &PublicKey) -> Result<SessionKeys, KeyError> {
+        self.store.agree(client_public)
+    }
+}
+
+impl fmt::Debug for Registration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Registration([redacted])")
+    }
+}
+
 /// The long-term secrets of a running server.
 pub struct ServerSecrets {
-    /// K_G.
+    /// K_G (in memory for the hot path, whatever the backend: see [`pkcs11`]).
     pub federation: FederationKey,
     /// (sk_S, pk_S).
-    pub registration: ServerKeyPair,
+    pub registration: Registration,
     /// The key-encryption key.
     pub kek: Kek,
-    /// Keys the proof-of-work challenges' MAC (derived from the KEK, so replicas agree).
+    /// Keys the proof-of-work challenges' MAC (derived from the KEK for files, from the module's
+    /// challenge key for pkcs11, so replicas agree).
     pub challenge_key: aws_lc_rs::hmac::Key,
     /// Signs outbound federation batches (§8); `None` in a key directory made before federation
     /// (a server with peers then refuses to start).
@@ -286,23 +534,60 @@ pub struct ServerSecrets {
 }
 
 impl ServerSecrets {
-    /// Loads the three key files of `dir`.
+    /// Loads the key files of `dir` (the file backend).
     pub fn load(dir: &Path) -> Result<Self, KeyError> {
-        let invalid = |f: &str, reason| KeyError::Invalid { path: dir.join(f), reason };
-        let kg = read_secret(&dir.join(FEDERATION_KEY_FILE))?;
-        let federation = FederationKey::new(&kg)
-            .map_err(|_| invalid(FEDERATION_KEY_FILE, "K_G must be 16, 24 or 32 bytes"))?;
-        let sk = read_secret(&dir.join(REGISTRATION_KEY_FILE))?;
-        let scalar = SecretBytes::<32>::from_slice("sk_S", &sk)
-            .map_err(|_| invalid(REGISTRATION_KEY_FILE, "sk_S must be 32 bytes"))?;
-        let registration = ServerKeyPair::from_scalar(&scalar)
-            .map_err(|_| invalid(REGISTRATION_KEY_FILE, "sk_S is not a valid P-256 scalar"))?;
-        let kek_bytes = read_secret(&dir.join(KEK_FILE))?;
-        let kek = Kek::new(&kek_bytes).ok_or_else(|| invalid(KEK_FILE, "the KEK must be 32 bytes"))?;
-        let derived = Zeroizing::new(hmac_sha256(&kek_bytes, b"robert proof-of-work challenges"));
+        let files = FileSecrets::read(dir)?;
+        let federation = FederationKey::new(&files.kg).map_err(|_| KeyError::Invalid {
+            path: dir.join(FEDERATION_KEY_FILE),
+            reason: "K_G must be 16, 24 or 32 bytes",
+        })?;
+        let derived = Zeroizing::new(hmac_sha256(&files.kek, pkcs11::CHALLENGE_LABEL));
         let challenge_key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &derived[..]);
+        let store: Arc<dyn KeyStore> = Arc::new(
+            FileKeyStore::new(files.pair, &files.kek)
+                .ok_or(KeyError::Invalid { path: dir.join(KEK_FILE), reason: "the KEK must be 32 bytes" })?,
+        );
         let federation_signing = BatchSigningKey::load(dir)?;
-        Ok(Self { federation, registration, kek, challenge_key, federation_signing })
+        Ok(Self::assemble(federation, store, challenge_key, federation_signing))
+    }
+
+    /// Opens the server's keys in a provisioned PKCS#11 token (`robert keygen --pkcs11`).
+    pub fn load_pkcs11(settings: &pkcs11::Pkcs11Settings, pin: &pkcs11::Pin) -> Result<Self, KeyError> {
+        let token = pkcs11::Token::open(settings, pin)?;
+        let kg = pkcs11::read_federation_key(&token)?;
+        let federation =
+            FederationKey::new(&kg).map_err(|_| KeyError::Module("robert K_G is not an AES key".into()))?;
+        let challenge = pkcs11::derive_challenge_key(&token)?;
+        let challenge_key =
+            aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, challenge.expose_secret());
+        let signing = pkcs11::ModuleSigningKey::new(token.clone())?;
+        let store: Arc<dyn KeyStore> = Arc::new(pkcs11::ModuleKeyStore::new(token)?);
+        Ok(Self::assemble(
+            federation,
+            store,
+            challenge_key,
+            Some(BatchSigningKey { inner: SigningInner::Module(signing) }),
+        ))
+    }
+
+    fn assemble(
+        federation: FederationKey,
+        store: Arc<dyn KeyStore>,
+        challenge_key: aws_lc_rs::hmac::Key,
+        federation_signing: Option<BatchSigningKey>,
+    ) -> Self {
+        Self {
+            federation,
+            registration: Registration { store: store.clone() },
+            kek: Kek { store },
+            challenge_key,
+            federation_signing,
+        }
+    }
+
+    /// The key store backend in use (`"files"` or `"pkcs11"`).
+    pub fn backend(&self) -> &'static str {
+        self.kek.store.backend()
     }
 }
 
@@ -321,11 +606,12 @@ impl fmt::Debug for ServerSecrets {
 }
 
 /// Each UTC day's K_S (§3.1 footnote 5), expanded for SKINNY, cached in memory, persisted wrapped.
-#[derive(Default)]
 pub struct DayKeys {
     cache: RwLock<BTreeMap<u32, Arc<EbidCipher>>>,
     /// Where key creation is recorded (Annex B), once attached.
     audit: std::sync::OnceLock<Arc<crate::audit::AuditLog>>,
+    /// The key store that makes and destroys the keys.
+    kek: Kek,
 }
 
 /// The associated data that binds a wrapped day key to its day.
@@ -342,7 +628,7 @@ impl DayKeys {
         for (day, wrapped) in storage.server_keys().await? {
             map.insert(day, Arc::new(Self::expand(kek, day, &wrapped)?));
         }
-        Ok(Self { cache: RwLock::new(map), audit: std::sync::OnceLock::new() })
+        Ok(Self { cache: RwLock::new(map), audit: std::sync::OnceLock::new(), kek: kek.clone() })
     }
 
     /// Records every day key this instance creates from now on in `audit` (Annex B).
@@ -390,28 +676,62 @@ impl DayKeys {
         if let Some(c) = self.get(day) {
             return Ok(c);
         }
-        let fresh = ServerKey::new(rand::random());
+        let (fresh, object) = kek.store.create_day_key(day)?;
         let wrapped = kek.wrap(fresh.expose_secret(), &day_aad(day));
         drop(fresh);
+        let wrapped = match wrapped {
+            Ok(w) => w,
+            Err(e) => {
+                let _ = kek.store.discard_day_key(object);
+                return Err(e);
+            }
+        };
         let in_force = storage.put_server_key(day, wrapped.clone()).await?;
-        if in_force == wrapped
-            && let Some(audit) = self.audit.get()
-        {
-            // Rotation (§3.1 footnote 5): a fresh K_S for a new day; the day is a public date.
-            audit.append("day-key-created", &[("day", serde_json::json!(day))]);
+        if in_force == wrapped {
+            if let Some(audit) = self.audit.get() {
+                // Rotation (§3.1 footnote 5): a fresh K_S for a new day; the day is a public date.
+                audit.append(
+                    "day-key-created",
+                    &[("day", serde_json::json!(day)), ("keystore", serde_json::json!(kek.store.backend()))],
+                );
+            }
+        } else {
+            // Another replica stored its key first: ours never served, so it goes.
+            kek.store.discard_day_key(object)?;
         }
         let cipher = Arc::new(Self::expand(kek, day, &in_force)?);
         let mut cache = self.cache.write().expect("day-key lock is never poisoned: no panics inside");
         Ok(cache.entry(day).or_insert(cipher).clone())
     }
 
-    /// Forgets (destroys in memory) the keys of days before `day`; the storage's `expire` deletes
-    /// the wrapped copies.
+    /// Forgets (destroys in memory) the keys of days before `day`, and has the key store destroy
+    /// its copies (the security module's objects; the audit log records how many); the storage's
+    /// `expire` deletes the wrapped copies. Returns how many were forgotten in memory.
     pub fn forget_before(&self, day: u32) -> usize {
-        let mut cache = self.cache.write().expect("day-key lock is never poisoned: no panics inside");
-        let keep = cache.split_off(&day);
-        let n = cache.len();
-        *cache = keep;
+        let n = {
+            let mut cache = self.cache.write().expect("day-key lock is never poisoned: no panics inside");
+            let keep = cache.split_off(&day);
+            let n = cache.len();
+            *cache = keep;
+            n
+        };
+        match self.kek.store.destroy_day_keys_before(day) {
+            Ok(0) => {}
+            Ok(in_module) => {
+                if let Some(audit) = self.audit.get() {
+                    // Footnote 5, in the module: the day numbers are public dates.
+                    audit.append(
+                        "day-keys-destroyed-in-module",
+                        &[
+                            ("before_day", serde_json::json!(day)),
+                            ("destroyed", serde_json::json!(in_module)),
+                        ],
+                    );
+                }
+            }
+            // Retried at the next expiry run; the wrapped copies are gone from storage already.
+            Err(e) => tracing::error!(error = %e, "destroying expired day keys in the key store failed"),
+        }
         n
     }
 
@@ -449,10 +769,15 @@ mod tests {
         }
     }
 
+    fn test_kek(bytes: &[u8; 32]) -> Kek {
+        let pair = ServerKeyPair::generate(&mut rand::rng());
+        Kek::of(Arc::new(FileKeyStore::new(pair, bytes).expect("32 bytes")))
+    }
+
     #[test]
     fn wrap_binds_to_owner() {
-        let kek = Kek::new(&[7; 32]).expect("32 bytes");
-        let w = kek.wrap(b"secret", b"id-1");
+        let kek = test_kek(&[7; 32]);
+        let w = kek.wrap(b"secret", b"id-1").expect("wraps");
         assert_eq!(&kek.unwrap(&w, b"id-1").expect("unwraps")[..], b"secret");
         assert!(kek.unwrap(&w, b"id-2").is_err());
         let mut t = w.clone();
@@ -465,8 +790,8 @@ mod tests {
     #[test]
     fn wrapped_session_keys_have_the_published_length() {
         use robert_proto::{KAuth, KEnc, SessionKeys};
-        let kek = Kek::new(&[7; 32]).expect("32 bytes");
+        let kek = test_kek(&[7; 32]);
         let keys = SessionKeys { k_auth: KAuth::new([1; 32]), k_enc: KEnc::new([2; 32]) };
-        assert_eq!(kek.wrap_session_keys(&keys, b"id").len(), WRAPPED_SESSION_KEYS_LEN);
+        assert_eq!(kek.wrap_session_keys(&keys, b"id").expect("wraps").len(), WRAPPED_SESSION_KEYS_LEN);
     }
 }

@@ -181,7 +181,7 @@ impl<S: Storage> Service<S> {
             ],
         );
         let dummy = SessionKeys { k_auth: KAuth::new(rand::random()), k_enc: KEnc::new(rand::random()) };
-        let dummy_wrapped = secrets.kek.wrap_session_keys(&dummy, DUMMY_AAD);
+        let dummy_wrapped = secrets.kek.wrap_session_keys(&dummy, DUMMY_AAD)?;
         let l = &config.limits;
         let replay = crate::limits::ReplayCache::new(l.replay_cache_entries);
         let challenge_limit = crate::limits::RateLimiter::new(l.challenge_per_sec, l.challenge_burst);
@@ -344,12 +344,12 @@ impl<S: Storage> Service<S> {
             return Err(ServiceError::Rejected);
         }
 
-        let keys = self.secrets.registration.agree(&client);
+        let keys = self.secrets.registration.agree(&client)?;
         // ID_A drawn at random without replacement (§3.2): a taken ID is redrawn.
         let mut id = None;
         for _ in 0..32 {
             let candidate = Id::new(rand::rng().random_range(0..=Id::MAX)).expect("drawn in range");
-            let wrapped = self.secrets.kek.wrap_session_keys(&keys, &candidate.to_be_bytes());
+            let wrapped = self.secrets.kek.wrap_session_keys(&keys, &candidate.to_be_bytes())?;
             if self.storage.insert_user(candidate, wrapped).await? {
                 id = Some(candidate);
                 break;
