@@ -569,12 +569,23 @@ impl ModuleKeyStore {
 }
 
 fn gcm_error(e: CkError) -> KeyError {
+    ck("AES-GCM under the KEK", e)
+}
+
+/// A tag that does not verify is the uniform unwrap failure. PKCS#11 says
+/// `CKR_ENCRYPTED_DATA_INVALID`; SoftHSM2 2.6 answers `CKR_GENERAL_ERROR` (and some modules
+/// `CKR_FUNCTION_FAILED`), so those mean "does not verify" here too. Anything else (a closed
+/// session, a device error) is a module failure.
+fn gcm_open_error(e: CkError) -> KeyError {
     match e {
-        // A tag that does not verify: the uniform unwrap failure.
-        CkError::Pkcs11(RvError::EncryptedDataInvalid | RvError::EncryptedDataLenRange, _) => {
-            KeyError::Unwrap
-        }
-        e => ck("AES-GCM under the KEK", e),
+        CkError::Pkcs11(
+            RvError::EncryptedDataInvalid
+            | RvError::EncryptedDataLenRange
+            | RvError::GeneralError
+            | RvError::FunctionFailed,
+            cryptoki::context::Function::Decrypt,
+        ) => KeyError::Unwrap,
+        e => gcm_error(e),
     }
 }
 
@@ -632,7 +643,7 @@ impl KeyStore for ModuleKeyStore {
         self.token
             .with(|s| s.decrypt(&Mechanism::AesGcm(params), self.kek, sealed))
             .map(Zeroizing::new)
-            .map_err(gcm_error)
+            .map_err(gcm_open_error)
     }
 
     fn create_day_key(&self, day: u32) -> Result<(ServerKey, DayKeyObject), KeyError> {

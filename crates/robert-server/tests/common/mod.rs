@@ -66,14 +66,24 @@ impl TestServer {
 
     /// [`TestServer::start_on`] with the clock reading `now`.
     pub async fn start_on_at(
-        mut config: Config,
+        config: Config,
         dir: tempfile::TempDir,
         listener: tokio::net::TcpListener,
         now: NtpTime,
     ) -> Self {
+        let secrets = ServerSecrets::load(&dir.path().join("keys")).expect("keys");
+        Self::start_with_secrets(config, dir, listener, now, secrets).await
+    }
+
+    /// [`TestServer::start_on_at`] with the server's secrets given (e.g. in a security module).
+    pub async fn start_with_secrets(
+        mut config: Config,
+        dir: tempfile::TempDir,
+        listener: tokio::net::TcpListener,
+        now: NtpTime,
+        secrets: ServerSecrets,
+    ) -> Self {
         config.server.data_dir = dir.path().to_path_buf();
-        let key_dir = dir.path().join("keys");
-        let secrets = ServerSecrets::load(&key_dir).expect("keys");
         let authority = AuthorityKey::generate(&mut ChaCha20Rng::seed_from_u64(2));
         let mut trusted = TrustedAuthorities::new();
         trusted.add_public_key_pem(&authority.public_key_pem()).expect("pem");
