@@ -8,7 +8,7 @@
 //! | [`service`] | every protocol operation: registration (§3.3), EBID issuance (§4), declarations and the mixer (§6), ESR (§7), Annex C requests, expiry |
 //! | [`risk`] | the public risk-scoring rule (§2.3) |
 //! | [`storage`] | the IDTable (§3.2) and other durable state behind one trait; in-memory and SQLite backends; the contract suite |
-//! | [`keystore`] | the server's secrets (§3.1): K_G, (sk_S, pk_S), the key-encryption key, each day's K_S |
+//! | [`keystore`] | the server's secrets (§3.1): K_G, (sk_S, pk_S), the key-encryption key, each day's K_S, behind the `KeyStore` trait: key files or a PKCS#11 security module ([`keystore::pkcs11`]) |
 //! | [`token`] | health-authority tokens (§6.1 footnote 11) |
 //! | [`http`] | the HTTP API v1 (DESIGN §4), error mapping, metrics endpoint |
 //! | [`federation`] | §8: batches of pairs between countries' servers (format, signature, receiving, delivery, audit) |
