@@ -788,6 +788,31 @@ mod tests {
     }
 
     #[test]
+    fn file_backend_day_keys_are_fresh_and_kept_by_storage_only() {
+        let kek = test_kek(&[7; 32]);
+        assert_eq!(kek.store().backend(), "files");
+        let (a, _) = kek.store().create_day_key(1).expect("key");
+        let (b, obj) = kek.store().create_day_key(1).expect("key");
+        assert_ne!(a.expose_secret(), b.expose_secret(), "each day key is fresh");
+        kek.store().discard_day_key(obj).expect("nothing to discard");
+        assert_eq!(kek.store().destroy_day_keys_before(u32::MAX).expect("no copies"), 0);
+    }
+
+    #[tokio::test]
+    async fn day_keys_first_stored_wins_and_are_forgotten() {
+        let storage = crate::storage::memory::MemoryStorage::new();
+        let kek = test_kek(&[7; 32]);
+        let one = DayKeys::load(&storage, &kek).await.expect("load");
+        let two = DayKeys::load(&storage, &kek).await.expect("load");
+        let a = one.get_or_create(5, &storage, &kek).await.expect("create");
+        let b = two.get_or_create(5, &storage, &kek).await.expect("the stored key");
+        let (e, i) = (robert_proto::Epoch::new(1).expect("epoch"), robert_proto::Id::new(9).expect("id"));
+        assert_eq!(a.encrypt(e, i), b.encrypt(e, i));
+        assert_eq!(one.forget_before(6), 1);
+        assert!(one.get(5).is_none());
+    }
+
+    #[test]
     fn wrapped_session_keys_have_the_published_length() {
         use robert_proto::{KAuth, KEnc, SessionKeys};
         let kek = test_kek(&[7; 32]);

@@ -773,3 +773,52 @@ pub fn derive_challenge_key(token: &Token) -> Result<SecretBytes<32>, KeyError> 
     mac.zeroize();
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn ec_points_are_unwrapped_from_their_octet_string() {
+        let point = [4u8; 65];
+        let mut der = vec![0x04, 65];
+        der.extend_from_slice(&point);
+        assert_eq!(strip_octet_string(der), point.to_vec());
+        let ed = [9u8; 32];
+        let mut der = vec![0x04, 32];
+        der.extend_from_slice(&ed);
+        assert_eq!(strip_octet_string(der), ed.to_vec());
+        let mut long = vec![0x04, 0x81, 133];
+        long.extend_from_slice(&[1u8; 133]);
+        assert_eq!(strip_octet_string(long).len(), 133);
+        // A raw point (some modules) is returned as it is.
+        let mut raw = vec![0x04];
+        raw.extend_from_slice(&[7u8; 64]);
+        assert_eq!(strip_octet_string(raw.clone()), raw);
+    }
+
+    #[test]
+    fn the_pin_never_prints() {
+        assert_eq!(format!("{:?}", Pin::new("123456".into())), "Pin([redacted])");
+        let e = Pin::from_env("ROBERT_UNIT_TEST_PIN_VARIABLE_NOT_SET").expect_err("unset");
+        assert!(e.to_string().contains("ROBERT_UNIT_TEST_PIN_VARIABLE_NOT_SET"));
+    }
+
+    #[test]
+    fn a_missing_module_is_named() {
+        let s = Pkcs11Settings { module: "/nonexistent/module.so".into(), token_label: "t".into() };
+        let e = Token::open(&s, &Pin::new("1".into())).expect_err("no module").to_string();
+        assert!(e.contains("/nonexistent/module.so does not exist"), "{e}");
+    }
+
+    proptest! {
+        /// Whatever a module returns as CKA_EC_POINT, reading it never panics, and the result is
+        /// the input or a suffix of it.
+        #[test]
+        fn ec_point_parsing_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let out = strip_octet_string(bytes.clone());
+            prop_assert!(bytes.ends_with(&out));
+        }
+    }
+}
