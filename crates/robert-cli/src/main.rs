@@ -30,7 +30,8 @@ enum Command {
     Crypto(crypto::CryptoArgs),
     /// Runs the back-end server (HTTP API v1) for one country.
     Serve(serve::ServeArgs),
-    /// Creates the server's keys: K_G, (sk_S, pk_S), the key-encryption key and the federation signing key.
+    /// Creates the server's keys: K_G, (sk_S, pk_S), the key-encryption key and the federation signing key,
+    /// as files (--dir) or inside a PKCS#11 security module (--pkcs11).
     Keygen(serve::KeygenArgs),
     /// Health-authority keys and single-use tokens (made offline; the server only verifies).
     #[command(subcommand)]
