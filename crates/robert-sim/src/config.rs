@@ -13,6 +13,75 @@ pub enum Store {
     Sqlite,
 }
 
+/// One country of a multi-country simulation (federation, §8): a name for the reports and the
+/// 8-bit country code CC its server puts in every ECC (§4).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Country {
+    /// Short name (`FR`, `DE`, …), as given on the command line.
+    pub name: String,
+    /// The server's country code (`protocol.country_code`).
+    pub code: u8,
+}
+
+/// Country codes of the names `--countries` knows (the international dialling prefixes that fit
+/// in the 8-bit CC: France 33 and Germany 49, as in the federation tests). Any other country is
+/// given as `NAME=CODE`.
+pub const KNOWN_COUNTRIES: &[(&str, u8)] = &[
+    ("AT", 43),
+    ("BE", 32),
+    ("CH", 41),
+    ("DE", 49),
+    ("DK", 45),
+    ("ES", 34),
+    ("FR", 33),
+    ("GB", 44),
+    ("GR", 30),
+    ("HU", 36),
+    ("IT", 39),
+    ("NL", 31),
+    ("NO", 47),
+    ("PL", 48),
+    ("SE", 46),
+];
+
+impl Country {
+    /// Parses `NAME` (one of [`KNOWN_COUNTRIES`]) or `NAME=CODE` (CODE in 1..=255).
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let text = text.trim();
+        let (name, code) = match text.split_once('=') {
+            Some((n, c)) => {
+                let code = c
+                    .trim()
+                    .parse::<u8>()
+                    .ok()
+                    .filter(|&c| c != 0)
+                    .ok_or_else(|| bad("countries", format!("{text:?}: CODE must be in 1..=255")))?;
+                (n.trim(), code)
+            }
+            None => {
+                let upper = text.to_ascii_uppercase();
+                let code =
+                    KNOWN_COUNTRIES.iter().find(|(n, _)| *n == upper).map(|(_, c)| *c).ok_or_else(|| {
+                        bad(
+                            "countries",
+                            format!("{text:?} is not a known country: give its code as NAME=CODE"),
+                        )
+                    })?;
+                (text, code)
+            }
+        };
+        if name.is_empty() || name.len() > 16 || !name.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return Err(bad("countries", format!("{name:?}: a name is 1 to 16 letters or digits")));
+        }
+        Ok(Self { name: name.to_ascii_uppercase(), code })
+    }
+
+    /// Parses a comma-separated list (empty: no countries, the single-server simulation).
+    pub fn parse_list(text: &str) -> Result<Vec<Self>, ConfigError> {
+        text.split(',').map(str::trim).filter(|x| !x.is_empty()).map(Self::parse).collect()
+    }
+}
+
 /// A full simulation's parameters.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SimConfig {
@@ -91,6 +160,17 @@ pub struct SimConfig {
     /// Storage backend of the in-process server.
     pub store: Store,
 
+    // --- countries (federation, §8) -------------------------------------------------------
+    /// The countries, each with its own server, federated with the others (empty: one server,
+    /// no federation; see the `countries` module).
+    pub countries: Vec<Country>,
+    /// Share of the population living in each country (empty: even shares).
+    pub country_shares: Vec<f64>,
+    /// Share of people abroad on a given day (trips of `trip_days`, to another country).
+    pub travel_rate: f64,
+    /// Length of a trip abroad, days.
+    pub trip_days: u32,
+
     // --- what else to run ---------------------------------------------------------------------
     /// Also run the same seed without tracing (epidemic curves with and without).
     pub compare_without_tracing: bool,
@@ -141,6 +221,10 @@ impl Default for SimConfig {
             min_exposure_minutes: 15.0,
             notification_probability: 0.0,
             store: Store::Memory,
+            countries: Vec::new(),
+            country_shares: Vec::new(),
+            travel_rate: 0.05,
+            trip_days: 3,
             compare_without_tracing: true,
             loss_sweep: vec![0.0, 0.1, 0.2, 0.4],
             attacks: true,
@@ -248,7 +332,66 @@ impl SimConfig {
         if !(self.min_exposure_minutes >= 0.0 && self.min_exposure_minutes <= 10_000.0) {
             return Err(bad("min-exposure-minutes", "must be in [0, 10000]"));
         }
+        self.validate_countries()
+    }
+
+    fn validate_countries(&self) -> Result<(), ConfigError> {
+        fraction("travel-rate", self.travel_rate)?;
+        if self.trip_days == 0 || self.trip_days > 60 {
+            return Err(bad("trip-days", "must be in 1..=60"));
+        }
+        if self.countries.len() == 1 {
+            return Err(bad("countries", "give at least two countries (none: a single server)"));
+        }
+        if self.countries.len() > 16 {
+            return Err(bad("countries", "at most 16"));
+        }
+        for (i, c) in self.countries.iter().enumerate() {
+            if self.countries[..i].iter().any(|o| o.code == c.code || o.name == c.name) {
+                return Err(bad("countries", format!("{} (code {}) is given twice", c.name, c.code)));
+            }
+        }
+        if !self.country_shares.is_empty() {
+            if self.country_shares.len() != self.countries.len() {
+                return Err(bad(
+                    "country-shares",
+                    format!("{} shares for {} countries", self.country_shares.len(), self.countries.len()),
+                ));
+            }
+            if self.country_shares.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+                return Err(bad("country-shares", "every share must be positive"));
+            }
+        }
+        if !self.countries.is_empty() {
+            let min = self.country_population().into_iter().min().unwrap_or(0);
+            if min < 2 {
+                return Err(bad("country-shares", "every country needs at least 2 people"));
+            }
+        }
         Ok(())
+    }
+
+    /// People living in each country (the population split by `country_shares`, or evenly; the
+    /// rounding remainder goes to the first countries). Empty without countries.
+    pub fn country_population(&self) -> Vec<u32> {
+        let n = self.countries.len();
+        if n == 0 {
+            return Vec::new();
+        }
+        let shares: Vec<f64> =
+            if self.country_shares.is_empty() { vec![1.0; n] } else { self.country_shares.clone() };
+        let total: f64 = shares.iter().sum();
+        let mut out: Vec<u32> =
+            shares.iter().map(|s| (f64::from(self.population) * s / total).floor() as u32).collect();
+        let mut rest = self.population - out.iter().sum::<u32>().min(self.population);
+        for x in out.iter_mut() {
+            if rest == 0 {
+                break;
+            }
+            *x += 1;
+            rest -= 1;
+        }
+        out
     }
 }
 
@@ -268,5 +411,36 @@ mod tests {
         assert_eq!(e.knob, "loss-sweep");
         let e = SimConfig { beta_per_min: f64::NAN, ..SimConfig::default() }.validate().expect_err("nan");
         assert_eq!(e.knob, "beta");
+    }
+
+    #[test]
+    fn countries_parse_and_split() {
+        let c = Country::parse_list("FR, de,PT=35").expect("parses");
+        assert_eq!(
+            c,
+            vec![
+                Country { name: "FR".into(), code: 33 },
+                Country { name: "DE".into(), code: 49 },
+                Country { name: "PT".into(), code: 35 }
+            ]
+        );
+        assert_eq!(Country::parse_list("").expect("empty"), vec![]);
+        assert_eq!(Country::parse("XX").expect_err("unknown").knob, "countries");
+        assert_eq!(Country::parse("XX=0").expect_err("zero").knob, "countries");
+        assert_eq!(Country::parse("XX=256").expect_err("too big").knob, "countries");
+        assert_eq!(Country::parse("a b=3").expect_err("name").knob, "countries");
+        let cfg = SimConfig { population: 1001, countries: c.clone(), ..SimConfig::default() };
+        assert_eq!(cfg.country_population(), vec![334, 334, 333]);
+        let cfg = SimConfig { country_shares: vec![3.0, 1.0, 1.0], ..cfg };
+        assert_eq!(cfg.country_population(), vec![601, 200, 200]);
+        assert_eq!(cfg.validate(), Ok(()));
+        let twice = SimConfig { countries: Country::parse_list("FR,FR").expect("parses"), ..cfg.clone() };
+        assert_eq!(twice.validate().expect_err("twice").knob, "countries");
+        let one = SimConfig { countries: Country::parse_list("FR").expect("parses"), ..cfg.clone() };
+        assert_eq!(one.validate().expect_err("one").knob, "countries");
+        let shares = SimConfig { country_shares: vec![1.0, 2.0], ..cfg.clone() };
+        assert_eq!(shares.validate().expect_err("shares").knob, "country-shares");
+        let travel = SimConfig { travel_rate: 1.5, ..cfg };
+        assert_eq!(travel.validate().expect_err("travel").knob, "travel-rate");
     }
 }

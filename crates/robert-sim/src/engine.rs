@@ -31,7 +31,8 @@ use tokio::sync::Mutex;
 
 /// Epoch length of simulated servers (the default; blocks of 96 epochs are days).
 pub const EPOCH_SEC: u32 = SIM_EPOCH_SEC;
-const SLOTS: u32 = DAY / EPOCH_SEC;
+/// Epochs in a day.
+pub(crate) const SLOTS: u32 = DAY / EPOCH_SEC;
 
 /// What the notifications were worth, against the ground truth.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -142,20 +143,20 @@ pub fn run_untraced(cfg: &SimConfig, pop: &Population, progress: Progress) -> Ru
 }
 
 /// The phones: one App each, locked one at a time (phases never contend).
-type Phones = Arc<Vec<Mutex<App>>>;
+pub(crate) type Phones = Arc<Vec<Mutex<App>>>;
 
-fn phone<'a>(phones: &'a Phones, i: u32) -> tokio::sync::MutexGuard<'a, App> {
+pub(crate) fn phone<'a>(phones: &'a Phones, i: u32) -> tokio::sync::MutexGuard<'a, App> {
     phones[i as usize].try_lock().expect("phases are sequential: no phone is locked twice")
 }
 
 /// A protocol operation on one phone.
-enum Op {
+pub(crate) enum Op {
     Register,
     Status,
     Declare { tokens: Vec<String>, cont_start: NtpTime },
 }
 
-enum OpResult {
+pub(crate) enum OpResult {
     Registered(Result<(), AppError>),
     Status(Result<ExposureStatus, AppError>),
     Declared(Result<(u64, u64), AppError>),
@@ -197,7 +198,7 @@ async fn apply<T: Transport + Sync>(
 }
 
 /// Runs `ops` on their phones concurrently (tasks over chunks); results sorted by phone.
-fn run_ops<T>(
+pub(crate) fn run_ops<T>(
     rt: &tokio::runtime::Runtime,
     phones: &Phones,
     transport: &T,
@@ -243,7 +244,7 @@ where
 
 /// The epoch within its day at which phone `i` sends its daily ESR: in the second half of the
 /// block of M epochs, so every ESR also refreshes the EBID list (§4) and the App never runs out.
-fn esr_slot(seed: u64, i: u32) -> u32 {
+pub(crate) fn esr_slot(seed: u64, i: u32) -> u32 {
     SLOTS / 2 + (hash(seed, Tag::Schedule, u64::from(i), 2, 0, 0) % u64::from(SLOTS / 2)) as u32
 }
 
@@ -422,7 +423,27 @@ pub fn run_traced<V: SimServer>(
 /// One epoch's HELLOs: each sender builds the HELLO of each second it was heard (§5.1), each
 /// receiver stores what it heard, in time order (§5.2). Phones are independent: both halves run
 /// in parallel, and their results do not depend on the order.
-fn exchange_hellos(phones: &Phones, map: &TimeMap, mut recs: Vec<Reception>, stats: &mut ProtocolStats) {
+fn exchange_hellos(phones: &Phones, map: &TimeMap, recs: Vec<Reception>, stats: &mut ProtocolStats) {
+    exchange_hellos_keeping(phones, map, recs, stats, &|_, _| false);
+}
+
+/// A HELLO stored by a receiver, as [`exchange_hellos_keeping`] reports it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Kept {
+    pub receiver: u32,
+    pub sender: u32,
+    pub hello: [u8; HELLO_LEN],
+}
+
+/// [`exchange_hellos`], also returning the stored HELLOs of the (sender, receiver) links that
+/// `keep` selects (the multi-country run keeps those across borders), sorted by receiver.
+pub(crate) fn exchange_hellos_keeping(
+    phones: &Phones,
+    map: &TimeMap,
+    mut recs: Vec<Reception>,
+    stats: &mut ProtocolStats,
+    keep: &(dyn Fn(u32, u32) -> bool + Sync),
+) -> Vec<Kept> {
     // Receptions arrive sorted by (sender, t, receiver): one HELLO per (sender, t).
     let mut sends: Vec<(u32, u32)> = recs.iter().map(|r| (r.sender, r.t)).collect();
     sends.dedup();
@@ -434,11 +455,12 @@ fn exchange_hellos(phones: &Phones, map: &TimeMap, mut recs: Vec<Reception>, sta
         })
         .collect();
     recs.sort_unstable_by_key(|r| (r.receiver, r.t, r.sender));
-    let outcome: Vec<(u64, u64, u64)> = recs
+    let outcome: Vec<(u64, u64, u64, Vec<Kept>)> = recs
         .par_chunk_by(|a, b| a.receiver == b.receiver)
         .map(|group| {
             let mut app = phone(phones, group[0].receiver);
             let (mut stored, mut dup, mut unsent) = (0, 0, 0);
+            let mut kept = Vec::new();
             for r in group {
                 let Ok(k) = sends.binary_search(&(r.sender, r.t)) else { continue };
                 let Some(hello) = built[k] else {
@@ -446,19 +468,27 @@ fn exchange_hellos(phones: &Phones, map: &TimeMap, mut recs: Vec<Reception>, sta
                     continue;
                 };
                 match app.on_hello_received(&hello, map.ntp(SimTime::from(r.t)), Some(r.rssi)) {
-                    Ok(()) => stored += 1,
+                    Ok(()) => {
+                        stored += 1;
+                        if keep(r.sender, r.receiver) {
+                            kept.push(Kept { receiver: r.receiver, sender: r.sender, hello });
+                        }
+                    }
                     Err(ReceiveError::Duplicate) => dup += 1,
                     Err(_) => {}
                 }
             }
-            (stored, dup, unsent)
+            (stored, dup, unsent, kept)
         })
         .collect();
-    for (s, d, u) in outcome {
+    let mut kept = Vec::new();
+    for (s, d, u, k) in outcome {
         stats.hellos_stored += s;
         stats.hellos_duplicate += d;
         stats.hellos_not_sent += u;
+        kept.extend(k);
     }
+    kept
 }
 
 /// ESRs of the phones `due` at `t` (§7), the ground truth evaluated at the same time, and the
@@ -508,10 +538,20 @@ fn esr_round<V: SimServer>(
 }
 
 fn accuracy(truth: &Truth, notified_at: &[Option<SimTime>], exposed_at: &[Option<SimTime>]) -> Accuracy {
+    accuracy_of(truth, notified_at, exposed_at, 0..notified_at.len())
+}
+
+/// [`Accuracy`] over the phones `which` (a country's, in a multi-country run).
+pub(crate) fn accuracy_of(
+    truth: &Truth,
+    notified_at: &[Option<SimTime>],
+    exposed_at: &[Option<SimTime>],
+    which: impl IntoIterator<Item = usize>,
+) -> Accuracy {
     let mut a = Accuracy::default();
     let mut delays = Vec::new();
     let mut latency = Vec::new();
-    for i in 0..notified_at.len() {
+    for i in which {
         let (n, e) = (notified_at[i], exposed_at[i]);
         a.notified += u64::from(n.is_some());
         a.truly_exposed += u64::from(e.is_some());
@@ -541,7 +581,7 @@ fn accuracy(truth: &Truth, notified_at: &[Option<SimTime>], exposed_at: &[Option
     a
 }
 
-fn percentile(xs: &mut [f64], q: f64) -> f64 {
+pub(crate) fn percentile(xs: &mut [f64], q: f64) -> f64 {
     xs.sort_by(f64::total_cmp);
     if xs.is_empty() { 0.0 } else { xs[((xs.len() - 1) as f64 * q).round() as usize] }
 }

@@ -30,9 +30,14 @@
 //! ## What is not modelled
 //!
 //! Bluetooth itself (scanning duty cycles, MAC rotation, body shadowing beyond the noise term),
-//! people who uninstall or lose their phone, clock skew between phones, the HTTP layer (unless a
-//! live server is used), hospitalisation and deaths, age structure, federation between
-//! countries (a person can be given a country later: contacts do not depend on it).
+//! people who uninstall or lose their phone, clock skew between phones, the HTTP layer between
+//! phones and servers (unless a live server is used), hospitalisation and deaths, age structure.
+//!
+//! ## Several countries
+//!
+//! With `countries` ([`countries`]), each country has its own real server and the servers are
+//! federated (§8: shared K_G, signed batches over loopback HTTP); people live in one country and
+//! travel to the others, and the accuracy report is given per country, with cross-border figures.
 //!
 //! ## Invariants (checked by the tests)
 //!
@@ -58,6 +63,7 @@
 
 pub mod attacks;
 pub mod config;
+pub mod countries;
 pub mod engine;
 pub mod epidemic;
 pub mod plot;
@@ -154,6 +160,8 @@ pub struct SimResults {
     pub loss_sweep: Vec<LossPoint>,
     /// Attack scenarios.
     pub attacks: Option<attacks::AttackReport>,
+    /// Per-country and cross-border results (runs with `countries`).
+    pub countries: Option<countries::CountriesReport>,
     /// Machine-dependent figures.
     pub measured: Measured,
     /// The live server's URL, when the traced runs used one (`--server`).
@@ -180,10 +188,25 @@ pub fn traced_run(
 ) -> Result<RunResult, SimError> {
     match cfg.store {
         Store::Memory => traced_with(cfg, pop, rt, progress, |_| Ok(MemoryStorage::new())),
-        Store::Sqlite => traced_with(cfg, pop, rt, progress, |dir| {
-            SqliteStorage::open(&dir.join("robert.db"), false)
-                .map_err(|e| SimError::Server(format!("SQLite: {e}")))
-        }),
+        Store::Sqlite => traced_with(cfg, pop, rt, progress, open_sqlite),
+    }
+}
+
+fn open_sqlite(dir: &std::path::Path) -> Result<SqliteStorage, SimError> {
+    SqliteStorage::open(&dir.join("robert.db"), false).map_err(|e| SimError::Server(format!("SQLite: {e}")))
+}
+
+/// Runs a traced simulation of `cfg` over its countries, one fresh in-process server each,
+/// federated ([`countries`]).
+pub fn traced_run_countries(
+    cfg: &SimConfig,
+    world: &countries::World,
+    rt: &tokio::runtime::Runtime,
+    progress: engine::Progress,
+) -> Result<(RunResult, countries::CountriesReport), SimError> {
+    match cfg.store {
+        Store::Memory => countries::traced_with(cfg, world, rt, progress, |_| Ok(MemoryStorage::new())),
+        Store::Sqlite => countries::traced_with(cfg, world, rt, progress, open_sqlite),
     }
 }
 
@@ -198,6 +221,46 @@ fn traced_with<S: Storage>(
     let app_cfg = server::app_config(cfg, &server_cfg);
     let server = rt.block_on(server::InProcess::start(cfg.seed, server_cfg, open))?;
     engine::run_traced(cfg, pop, rt, &server, &app_cfg, progress)
+}
+
+/// The population of a run: one country, or several ([`countries::World`]).
+enum Model {
+    One(Population),
+    Many(countries::World),
+}
+
+impl Model {
+    fn population(&self) -> &Population {
+        match self {
+            Model::One(p) => p,
+            Model::Many(w) => &w.pop,
+        }
+    }
+
+    /// A traced run: in-process servers, or the `live` one (`runs`: how many traced runs share it).
+    fn traced(
+        &self,
+        cfg: &SimConfig,
+        rt: &tokio::runtime::Runtime,
+        live: Option<&remote::LiveOptions>,
+        runs: u32,
+        progress: engine::Progress,
+    ) -> Result<(RunResult, Option<countries::CountriesReport>), SimError> {
+        match self {
+            Model::One(p) => match live {
+                None => Ok((traced_run(cfg, p, rt, progress)?, None)),
+                Some(l) => Ok((remote::traced_run(cfg, p, rt, l, runs, progress)?, None)),
+            },
+            Model::Many(w) => traced_run_countries(cfg, w, rt, progress).map(|(r, c)| (r, Some(c))),
+        }
+    }
+
+    fn untraced(&self, cfg: &SimConfig, progress: engine::Progress) -> RunResult {
+        match self {
+            Model::One(p) => engine::run_untraced(cfg, p, progress),
+            Model::Many(w) => countries::run_untraced(cfg, w, progress),
+        }
+    }
 }
 
 /// Runs everything `cfg` asks for: the traced run, the untraced comparison, the loss sweep and
@@ -239,27 +302,34 @@ fn simulate_on(
         .build()
         .map_err(|e| SimError::Runtime(e.to_string()))?;
     let runs = 1 + cfg.loss_sweep.iter().filter(|&&l| l != cfg.loss).count() as u32;
-    let traced_run =
-        |c: &SimConfig, pop: &Population, rt: &tokio::runtime::Runtime, p: engine::Progress| match live {
-            None => traced_run(c, pop, rt, p),
-            Some(l) => remote::traced_run(c, pop, rt, l, runs, p),
-        };
+    if live.is_some() && !cfg.countries.is_empty() {
+        return Err(SimError::Config(config::ConfigError {
+            knob: "countries",
+            reason: "several countries need in-process servers (one each, federated): not with a live server"
+                .into(),
+        }));
+    }
     pool.install(|| {
         let total = total_units(cfg);
         let days = u64::from(cfg.days);
-        let pop = Population::build(cfg);
+        let model = if cfg.countries.is_empty() {
+            Model::One(Population::build(cfg))
+        } else {
+            Model::Many(countries::World::build(cfg))
+        };
+        let pop = model.population();
         let population = PopulationSummary {
             people: pop.people.len() as u64,
             phones: pop.phones() as u64,
             households: pop.households.len() as u64,
             workplaces: pop.workplaces.len() as u64,
         };
-        let traced = traced_run(cfg, &pop, &rt, &|d| progress("with tracing", u64::from(d), total))?;
+        let (traced, countries) =
+            model.traced(cfg, &rt, live, runs, &|d| progress("with tracing", u64::from(d), total))?;
         let mut done = days;
         let untraced = if cfg.compare_without_tracing {
             let base = done;
-            let r =
-                engine::run_untraced(cfg, &pop, &|d| progress("without tracing", base + u64::from(d), total));
+            let r = model.untraced(cfg, &|d| progress("without tracing", base + u64::from(d), total));
             done += days;
             Some(r)
         } else {
@@ -272,7 +342,7 @@ fn simulate_on(
             } else {
                 let c = SimConfig { loss, ..cfg.clone() };
                 let base = done;
-                let r = traced_run(&c, &pop, &rt, &|d| {
+                let (r, _) = model.traced(&c, &rt, live, runs, &|d| {
                     progress(&format!("loss {:.0} %", loss * 100.0), base + u64::from(d), total)
                 })?;
                 done += days;
@@ -312,6 +382,7 @@ fn simulate_on(
             untraced,
             loss_sweep,
             attacks,
+            countries,
             measured,
             live_server: live.map(|l| l.url.clone()),
         })

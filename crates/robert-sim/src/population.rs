@@ -5,7 +5,9 @@
 //! every person *starts* their own contacts from their own random stream (so the draws do not
 //! depend on thread scheduling); a contact with someone who is isolating does not happen.
 //!
-//! A person may later be given a country (federation, §8): contacts are independent of it.
+//! In a multi-country run (`crate::countries`) each country's population is built by
+//! [`Population::build_part`] and the parts are joined by [`Population::concat`]; who meets whom
+//! across borders is decided there.
 
 use crate::config::SimConfig;
 use crate::rng::{Stream, Tag};
@@ -90,8 +92,13 @@ const HOUSEHOLD_WEIGHTS: [f64; 5] = [0.35, 0.33, 0.15, 0.12, 0.05];
 impl Population {
     /// Builds the population of `cfg` (deterministic in the seed).
     pub fn build(cfg: &SimConfig) -> Self {
-        let n = cfg.population;
-        let mut s = Stream::new(cfg.seed, Tag::Population, 0, 0, 0);
+        Self::build_part(cfg, cfg.population, 0)
+    }
+
+    /// Builds `n` people with the shape knobs of `cfg`, from the population stream `part` (part 0
+    /// is [`Population::build`]'s; a multi-country run builds country `i` as part `i`).
+    pub fn build_part(cfg: &SimConfig, n: u32, part: u64) -> Self {
+        let mut s = Stream::new(cfg.seed, Tag::Population, part, 0, 0);
         let mut people = Vec::with_capacity(n as usize);
         let mut households = Vec::new();
         let mut next = 0u32;
@@ -138,6 +145,35 @@ impl Population {
             }
         }
         Self { people, households, workplaces, commuters, phone_owner }
+    }
+
+    /// Joins populations into one: people, households, workplaces and phones of `parts[k]` come
+    /// after those of `parts[..k]`, with their indices shifted.
+    pub fn concat(parts: Vec<Population>) -> Self {
+        let mut out = Population {
+            people: Vec::new(),
+            households: Vec::new(),
+            workplaces: Vec::new(),
+            commuters: Vec::new(),
+            phone_owner: Vec::new(),
+        };
+        for part in parts {
+            let p0 = out.people.len() as u32;
+            let (h0, w0, ph0) =
+                (out.households.len() as u32, out.workplaces.len() as u32, out.phone_owner.len() as u32);
+            out.people.extend(part.people.into_iter().map(|p| Person {
+                household: p.household + h0,
+                workplace: p.workplace.map(|w| w + w0),
+                commuter: p.commuter,
+                phone: p.phone.map(|x| x + ph0),
+            }));
+            out.households.extend(part.households.into_iter().map(|(a, b)| (a + p0, b + p0)));
+            out.workplaces
+                .extend(part.workplaces.into_iter().map(|m| m.into_iter().map(|x| x + p0).collect()));
+            out.commuters.extend(part.commuters.into_iter().map(|x| x + p0));
+            out.phone_owner.extend(part.phone_owner.into_iter().map(|x| x + p0));
+        }
+        out
     }
 
     /// Number of phones (App users).
@@ -254,6 +290,26 @@ mod tests {
         }
         // Adoption 0.6 of 3000: within 5 standard deviations.
         assert!((p.phones() as f64 - 1800.0).abs() < 5.0 * (3000.0f64 * 0.24).sqrt());
+    }
+
+    #[test]
+    fn concat_shifts_every_index() {
+        let c = cfg();
+        let (a, b) = (Population::build_part(&c, 500, 0), Population::build_part(&c, 700, 1));
+        let (na, nh, nw, nph) = (a.people.len(), a.households.len(), a.workplaces.len(), a.phones());
+        let all = Population::concat(vec![a.clone(), b.clone()]);
+        assert_eq!(all.people.len(), 1200);
+        assert_eq!(all.phones(), nph + b.phones());
+        assert_eq!(all.households[nh], (b.households[0].0 + na as u32, b.households[0].1 + na as u32));
+        for (ph, &owner) in all.phone_owner.iter().enumerate() {
+            assert_eq!(all.people[owner as usize].phone, Some(ph as u32));
+        }
+        for (w, members) in all.workplaces.iter().enumerate() {
+            assert!(members.iter().all(|&m| all.people[m as usize].workplace == Some(w as u32)));
+            // A workplace stays within its part.
+            assert!(members.iter().all(|&m| (m as usize >= na) == (w >= nw)));
+        }
+        assert_eq!(Population::build_part(&c, 3_000, 0).people, Population::build(&c).people);
     }
 
     #[test]

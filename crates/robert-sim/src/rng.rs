@@ -42,6 +42,8 @@ pub enum Tag {
     Attack = 10,
     /// Initial infections.
     Seeding = 11,
+    /// Trips abroad and what travellers do there (multi-country runs).
+    Travel = 12,
 }
 
 /// A 64-bit value determined by the seed, a tag and up to four indices.

@@ -26,6 +26,8 @@ struct Entry {
     hellos: u32,
     rssi_sum: i64,
     first_hello: u32,
+    /// The declaring phone (to tell exposures across borders in multi-country runs).
+    declarer: u32,
 }
 
 /// The ground truth.
@@ -88,6 +90,7 @@ impl Truth {
                 hellos: 0,
                 rssi_sum: 0,
                 first_hello: t,
+                declarer: b,
             });
             e.hellos += 1;
             e.rssi_sum += i64::from(expected_rssi(cfg, dist));
@@ -118,6 +121,11 @@ impl Truth {
     /// The earliest HELLO among `a`'s exposures available at `t` (for time to notification).
     pub fn first_exposure(&self, a: u32, t: SimTime) -> Option<u32> {
         self.entries[a as usize].iter().filter(|e| e.available <= t).map(|e| e.first_hello).min()
+    }
+
+    /// The phones whose declarations gave `a` an exposure available at `t` (with repetitions).
+    pub fn declarers(&self, a: u32, t: SimTime) -> impl Iterator<Item = u32> + '_ {
+        self.entries[a as usize].iter().filter(move |e| e.available <= t).map(|e| e.declarer)
     }
 
     /// The latest declaration that gave `a` an exposure available at `t`.
