@@ -45,12 +45,23 @@ signed with --authority-key: a key from `robert authority keygen` listed in the 
 <data-dir>/dev-authority.pem but runs 15-minute epochs: real time). See \
 docs/simulator.md, section \"Live mode\".
 
+SEVERAL COUNTRIES (--countries): one real server per country (own keys, store, health authority and \
+country code; the federation key K_G shared), federated as in §8: each server's API listens on a \
+loopback port, and after every mixer pass the servers forward the pairs whose ECC names a peer's \
+country in signed batches over HTTP (their own federation code). People live in one country and \
+travel: --travel-rate of them are abroad on a day, on trips of --trip-days, meeting locals in \
+transport and random encounters. Each phone registers, declares and asks only at home. The table \
+and results.json (`countries`) give the accuracy per country and the cross-border figures: pairs \
+forwarded and received per peer, and how many exposed across borders were notified.
+
 EXAMPLES:
   robert simulate --population 5000 --days 21 --seed 3
   robert simulate --population 166667 --adoption 0.6 --days 14 --no-compare --loss-sweep '' --no-attacks
   robert serve --config live.toml &    # epoch_duration_sec = 1 etc.: docs/simulator.md
   robert simulate --server http://127.0.0.1:8080 --authority-key authority.pem \
-      --population 500 --days 2 --hello-period 900 --min-exposure-minutes 0.01 --no-attacks --loss-sweep ''")]
+      --population 500 --days 2 --hello-period 900 --min-exposure-minutes 0.01 --no-attacks --loss-sweep ''
+  robert simulate --countries FR,DE --travel-rate 0.05 --population 5000 --days 21
+  robert simulate --countries FR,DE,PT=35 --country-shares 6,8,1 --population 10000")]
 pub struct SimulateArgs {
     /// Seed of every random draw (same seed, same results).
     #[arg(long, default_value_t = 1)]
@@ -148,6 +159,22 @@ pub struct SimulateArgs {
     /// Storage backend of the in-process server.
     #[arg(long, value_enum, default_value_t = StoreArg::Memory)]
     store: StoreArg,
+    /// Countries, comma-separated, each with its own federated server (FR, DE, IT, ES, BE, NL,
+    /// CH, AT, GB, DK, SE, NO, PL, GR, HU, or NAME=CODE with the 8-bit country code); at least
+    /// two. Empty: one server, no federation. Not with --server (each country needs its own
+    /// in-process server).
+    #[arg(long, default_value = "", value_name = "LIST", conflicts_with = "server")]
+    countries: String,
+    /// Share of --population living in each country, comma-separated (e.g. 2,1: two thirds in
+    /// the first); empty: even.
+    #[arg(long, default_value = "", value_name = "LIST")]
+    country_shares: String,
+    /// Share of people abroad on a given day (in another of the --countries).
+    #[arg(long, default_value_t = 0.05)]
+    travel_rate: f64,
+    /// Length of a trip abroad, days.
+    #[arg(long, default_value_t = 3)]
+    trip_days: u32,
     /// Skip the run without tracing (no with/without comparison).
     #[arg(long)]
     no_compare: bool,
@@ -190,11 +217,11 @@ pub struct SimulateArgs {
     live_mixer_timeout: u64,
 }
 
-fn parse_list(s: &str) -> Result<Vec<f64>> {
+fn parse_list(flag: &str, s: &str) -> Result<Vec<f64>> {
     s.split(',')
         .map(str::trim)
         .filter(|x| !x.is_empty())
-        .map(|x| x.parse::<f64>().with_context(|| format!("--loss-sweep: {x:?} is not a number")))
+        .map(|x| x.parse::<f64>().with_context(|| format!("{flag}: {x:?} is not a number")))
         .collect()
 }
 
@@ -242,7 +269,11 @@ impl SimulateArgs {
                 StoreArg::Sqlite => Store::Sqlite,
             },
             compare_without_tracing: !self.no_compare,
-            loss_sweep: parse_list(&self.loss_sweep)?,
+            countries: robert_sim::config::Country::parse_list(&self.countries)?,
+            country_shares: parse_list("--country-shares", &self.country_shares)?,
+            travel_rate: self.travel_rate,
+            trip_days: self.trip_days,
+            loss_sweep: parse_list("--loss-sweep", &self.loss_sweep)?,
             attacks: !self.no_attacks,
             attack_annex_a_p: self.attack_annex_a_p,
             attack_sizes,

@@ -389,6 +389,69 @@ fn simulate_on(
     })
 }
 
+/// The summary rows of a multi-country run: each country's accuracy and federation traffic, and
+/// what crossed borders.
+fn country_rows(cfg: &SimConfig, c: &countries::CountriesReport) -> Vec<(String, String)> {
+    let mut rows = vec![(
+        "countries".to_owned(),
+        format!(
+            "{}; {} abroad on a day, trips of {} days",
+            c.countries.iter().map(|k| format!("{} ({})", k.name, k.code)).collect::<Vec<_>>().join(", "),
+            pct(cfg.travel_rate),
+            cfg.trip_days
+        ),
+    )];
+    for k in &c.countries {
+        let a = &k.accuracy;
+        let n = &k.name;
+        rows.push((
+            format!("{n}: people / phones / infected"),
+            format!("{} / {} / {}", k.people, k.phones, k.total_infected),
+        ));
+        rows.push((
+            format!("{n}: declarations (pairs, of them foreign)"),
+            format!("{} ({}, {})", k.declarations, k.pairs_uploaded, k.pairs_uploaded_cross_border),
+        ));
+        rows.push((
+            format!("{n}: notified / truly exposed"),
+            format!("{} / {}", a.notified, a.truly_exposed),
+        ));
+        rows.push((format!("{n}: recall / precision"), format!("{} / {}", pct(a.recall), pct(a.precision))));
+        rows.push((
+            format!("{n}: time to notification (median / p90)"),
+            format!("{:.1} h / {:.1} h", a.time_to_notification_median_h, a.time_to_notification_p90_h),
+        ));
+        for p in &k.peers {
+            rows.push((
+                format!("{n} → {}: batches / pairs forwarded", p.peer),
+                format!(
+                    "{} / {} ({} retried, {} refused)",
+                    p.batches_acknowledged, p.pairs_sent, p.batches_retried, p.batches_rejected
+                ),
+            ));
+        }
+    }
+    let x = &c.cross_border;
+    rows.push(("person-days abroad".into(), x.person_days_abroad.to_string()));
+    rows.push((
+        "across borders: contacts / HELLOs stored".into(),
+        format!("{} / {}", x.contacts, x.hellos_stored),
+    ));
+    rows.push((
+        "across borders: pairs uploaded / forwarded / received".into(),
+        format!("{} / {} / {}", x.pairs_uploaded, x.pairs_forwarded, x.pairs_received),
+    ));
+    rows.push((
+        "exposed across borders: notified".into(),
+        format!("{} of {} ({})", x.exposed_notified, x.exposed, pct(x.recall)),
+    ));
+    rows.push((
+        "exposed only abroad: notified".into(),
+        format!("{} of {}", x.exposed_only_abroad_notified, x.exposed_only_abroad),
+    ));
+    rows
+}
+
 fn pct(x: f64) -> String {
     format!("{:.1} %", x * 100.0)
 }
@@ -468,6 +531,9 @@ impl SimResults {
                     at.sybil.reused_solution.attempts
                 ),
             ));
+        }
+        if let Some(c) = &self.countries {
+            rows.extend(country_rows(&self.config, c));
         }
         let w = rows.iter().map(|r| r.0.chars().count()).max().unwrap_or(0);
         for (k, v) in rows {
