@@ -47,6 +47,10 @@
 //!   and only they are (precision 100 %).
 //! - The replay-after-2^16-s and out-of-δ relay attacks never notify anyone.
 //! - The same seed gives the same results.
+//! - Several countries: with no loss and no noise, recall and precision are 100 % in every
+//!   country, travellers exposed abroad included; the pairs the servers forward are exactly the
+//!   cross-border pairs uploaded, each received once; a phone is known to, and notified by, its
+//!   home server only.
 //!
 //! ## Sources of nondeterminism, and why results do not depend on them
 //!
