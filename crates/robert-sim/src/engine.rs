@@ -189,6 +189,10 @@ async fn apply<T: Transport + Sync>(
                 if let Some(e) = p.last_error {
                     return Err(AppError::Transport(e));
                 }
+                // A refused chunk (spent or unknown token) must not pass for a declaration.
+                if p.refused > 0 {
+                    return Err(AppError::Transport(robert_app::TransportError::Rejected));
+                }
                 Ok((plan.pairs as u64, p.accepted_pairs))
             }
             .await;

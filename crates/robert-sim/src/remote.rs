@@ -51,7 +51,7 @@ use robert_app::{HttpTransport, Transport};
 use robert_proto::{Epoch, EpochSchedule, NtpTime};
 use robert_server::config::{Config, RiskSection};
 use robert_server::token::AuthorityKey;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Epochs in a simulated day (and in the server's EBID-list block, M).
@@ -145,6 +145,11 @@ pub fn metric(text: &str, name: &str) -> Option<u64> {
     })
 }
 
+/// A number no other run of this process or machine starts with: the clock in nanoseconds.
+fn run_nonce() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
 fn local_ntp() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()) + NTP_UNIX_OFFSET
 }
@@ -164,6 +169,11 @@ pub struct Remote<'a> {
     risk: RiskSection,
     baseline: ServerCounters,
     lag_warned: AtomicBool,
+    /// Token randomness of this run: a live server remembers every token it accepted (`jti`,
+    /// single use), so tokens must differ between runs of one seed; unique per run (the
+    /// connection time) and per token (a counter). Tokens change no outcome.
+    token_nonce: u64,
+    tokens_issued: AtomicU64,
 }
 
 impl<'a> Remote<'a> {
@@ -204,6 +214,8 @@ impl<'a> Remote<'a> {
             risk,
             baseline: ServerCounters::default(),
             lag_warned: AtomicBool::new(false),
+            token_nonce: run_nonce(),
+            tokens_issued: AtomicU64::new(0),
         };
         me.baseline = me.read_counters(rt)?;
         Ok(me)
@@ -222,6 +234,8 @@ impl<'a> Remote<'a> {
             risk: RiskSection::default(),
             baseline: ServerCounters::default(),
             lag_warned: AtomicBool::new(false),
+            token_nonce: run_nonce(),
+            tokens_issued: AtomicU64::new(0),
         }
     }
 
@@ -329,9 +343,11 @@ impl SimServer for Remote<'_> {
         &self,
         n: usize,
         now: NtpTime,
-        rng: &mut dyn rand_core::CryptoRng,
+        _: &mut dyn rand_core::CryptoRng,
     ) -> Result<Vec<String>, SimError> {
-        server::issue_tokens(&self.opts.authority, n, now, rng)
+        let k = self.tokens_issued.fetch_add(1, Ordering::Relaxed);
+        let mut rng = crate::rng::crypto_rng(self.token_nonce, crate::rng::Tag::PhoneCrypto, k, u64::MAX);
+        server::issue_tokens(&self.opts.authority, n, now, &mut rng)
     }
 
     fn process_uploads(&self, rt: &tokio::runtime::Runtime) -> Result<(), SimError> {
@@ -497,6 +513,12 @@ mod tests {
                 .expect("token valid at the server's time");
         }
         assert_ne!(tokens[0], tokens[1]);
+        // The same seed's draws give other tokens in another run (a live server refuses a
+        // token it has seen: runs of one seed on one server must not share any).
+        let other = Remote::unconnected(&opts, schedule, offset);
+        let mut rng = crate::rng::crypto_rng(1, crate::rng::Tag::Attack, 1, 1);
+        let again = other.declare_tokens(2, now, &mut rng).expect("tokens");
+        assert!(again.iter().all(|t| !tokens.contains(t)));
     }
 
     #[test]
