@@ -290,6 +290,13 @@ fn simulate_on(
     progress: ProgressFn,
 ) -> Result<SimResults, SimError> {
     cfg.validate()?;
+    if live.is_some() && !cfg.countries.is_empty() {
+        return Err(SimError::Server(
+            "live mode drives one server: --countries needs one server per country, in-process \
+             (run it without --server)"
+                .into(),
+        ));
+    }
     let started = std::time::Instant::now();
     let threads = if cfg.threads == 0 {
         std::thread::available_parallelism().map_or(2, |n| n.get())
