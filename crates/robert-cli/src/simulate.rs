@@ -38,7 +38,8 @@ seconds (mixer_max_delay_sec = 1) and the same [risk] keys as the simulation (se
 its E seconds). One server second stands for 900/E simulated seconds, so --hello-period must be \
 at least 900/E. Runs that cannot fit are refused with the arithmetic: epochs that do not divide \
 900, HELLOs closer than a server second, a run longer than --live-max-sec, the attack scenarios \
-(they need a server the simulator controls: add --no-attacks). The loss sweep reruns against the \
+(they need a server the simulator controls: add --no-attacks), --countries (one server per \
+country, in-process). The loss sweep reruns against the \
 same server with fresh phones; the run without tracing needs no server. Declarations use tokens \
 signed with --authority-key: a key from `robert authority keygen` listed in the server's \
 [authorities] public_keys (a development server, `robert serve` without --config, trusts \
