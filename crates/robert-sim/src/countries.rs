@@ -498,29 +498,12 @@ pub struct CountriesReport {
 
 /// Runs the epidemic without the App (same seed, same contacts where behaviour is the same).
 pub fn run_untraced(cfg: &SimConfig, world: &World, progress: engine::Progress) -> RunResult {
-    let started = Instant::now();
-    let pop = &world.pop;
-    let has_phone = |p: usize| pop.people[p].phone.is_some();
-    let mut epi = Epidemic::new(cfg, pop.people.len(), has_phone);
-    let mut daily = Vec::new();
-    for day in 0..cfg.days {
-        let present = epi.present(day);
-        let contacts = world.contacts(cfg, day, &present).contacts;
-        for (p, t) in epi.transmit(cfg, &contacts) {
-            epi.infect(cfg, p, t, has_phone(p));
-        }
-        daily.push(epi.counts(day));
-        progress(day + 1);
-    }
-    let total_infected = epi.health.iter().filter(|h| h.infected_at.is_some()).count() as u64;
-    RunResult {
-        loss: cfg.loss,
-        tracing: false,
-        daily,
-        total_infected,
-        wall_seconds: started.elapsed().as_secs_f64(),
-        ..RunResult::default()
-    }
+    engine::run_untraced_with(
+        cfg,
+        &world.pop,
+        |day, present| world.contacts(cfg, day, present).contacts,
+        progress,
+    )
 }
 
 /// Starts the servers with the store `open` makes, runs [`run_traced`], stops the servers.

@@ -16,7 +16,7 @@
 use crate::SimError;
 use crate::config::SimConfig;
 use crate::epidemic::{DayCounts, Epidemic, SimTime};
-use crate::population::{DAY, Population};
+use crate::population::{Contact, DAY, Population};
 use crate::radio::{self, RadioStats, Reception};
 use crate::rng::{Tag, crypto_rng, hash};
 use crate::server::{SIM_EPOCH_SEC, SimServer, TimeMap};
@@ -118,13 +118,24 @@ pub type Progress<'a> = &'a (dyn Fn(u32) + Sync);
 
 /// Runs the epidemic without the App (same seed, same contacts where behaviour is the same).
 pub fn run_untraced(cfg: &SimConfig, pop: &Population, progress: Progress) -> RunResult {
+    run_untraced_with(cfg, pop, |day, present| pop.contacts(cfg, day, present), progress)
+}
+
+/// [`run_untraced`] with the day's contacts from `contacts(day, present)` (one country's
+/// population, or several countries' with travellers).
+pub(crate) fn run_untraced_with(
+    cfg: &SimConfig,
+    pop: &Population,
+    contacts: impl Fn(u32, &[bool]) -> Vec<Contact>,
+    progress: Progress,
+) -> RunResult {
     let started = Instant::now();
     let has_phone = |p: usize| pop.people[p].phone.is_some();
     let mut epi = Epidemic::new(cfg, pop.people.len(), has_phone);
     let mut daily = Vec::new();
     for day in 0..cfg.days {
         let present = epi.present(day);
-        let contacts = pop.contacts(cfg, day, &present);
+        let contacts = contacts(day, &present);
         for (p, t) in epi.transmit(cfg, &contacts) {
             epi.infect(cfg, p, t, has_phone(p));
         }
