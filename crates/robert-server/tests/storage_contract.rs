@@ -185,6 +185,154 @@ async fn sqlite_survives_a_reopen() {
     assert!(!s.insert_user(a, vec![0; 92]).await.expect("insert"), "a is still taken");
 }
 
+/// The SQLite backend answers IDTable reads from memory: this drives it and the reference
+/// backend through the same seeded sequence of every IDTable-changing call (groups of them
+/// concurrent, so that they share commits), checks every answer against the reference, and then
+/// checks that the table a reopened store loads from its file answers exactly as the reference.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_idtable_in_memory_matches_the_reference_and_the_file() {
+    use rand_chacha::rand_core::{Rng, SeedableRng};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("robert.sqlite");
+    let reference = MemoryStorage::new();
+    let ids: Vec<Id> = (1..=24).map(id).collect();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let mut draw = |n: u64| rng.next_u64() % n;
+    {
+        // Folds the status journal every 16 rows: the run crosses several folds.
+        let s = Arc::new(SqliteStorage::open_with(&file, true, 16).expect("open"));
+        let mut slot = 0u32;
+        for round in 0..120u32 {
+            let now = ep(100 + round / 4);
+            // A group of calls on distinct IDs, sent together; then the reference in order.
+            let mut calls = Vec::new();
+            let mut used = std::collections::HashSet::new();
+            for _ in 0..6 {
+                let u = ids[draw(ids.len() as u64) as usize];
+                if used.insert(u) {
+                    calls.push((u, draw(8), draw(2) == 1));
+                }
+            }
+            let mut exposures = Vec::new();
+            let mut tasks = Vec::new();
+            for &(u, op, flag) in &calls {
+                let s = Arc::clone(&s);
+                let jti = format!("reset-{round}-{}", u.value());
+                if op == 6 {
+                    slot += 1;
+                    let e = Exposure { epoch: ep(95 + round / 4), hellos: 2, rssi_sum: -120, rssi_count: 2 };
+                    exposures.push((u, e, slot));
+                }
+                tasks.push(tokio::spawn(async move { idtable_call(&*s, u, op, flag, now, &jti).await }));
+            }
+            let mut got = Vec::new();
+            for t in tasks {
+                got.push(t.await.expect("task"));
+            }
+            for (&(u, op, flag), got) in calls.iter().zip(&got) {
+                let jti = format!("reset-{round}-{}", u.value());
+                let want = idtable_call(&reference, u, op, flag, now, &jti).await;
+                assert_eq!(got, &want, "round {round}, call {op} on ID {}", u.value());
+            }
+            if !exposures.is_empty() {
+                // The mixer's path: pairs in the pool, then a processed batch.
+                let entries = |n: &u32| PoolEntry { slot: slot_bytes(*n), record: vec![1; 20] };
+                let batch = ProcessedBatch {
+                    slots: exposures.iter().map(|(_, _, n)| slot_bytes(*n)).collect(),
+                    exposures: exposures.iter().map(|(u, e, n)| (*u, *e, slot_bytes(*n))).collect(),
+                    outbox: Vec::new(),
+                };
+                for st in [&*s as &dyn ReportAndMix, &reference] {
+                    let pool = exposures.iter().map(|(_, _, n)| entries(n)).collect();
+                    st.report_and_mix(token(&format!("declare-{round}")), pool, batch.clone()).await;
+                }
+            }
+            if round % 40 == 39 {
+                let before = ep(95 + round / 4 - 3);
+                let (a, b) = (s.expire(before, 0, 0).await, reference.expire(before, 0, 0).await);
+                assert_eq!(a.expect("expire").exposures, b.expect("expire").exposures, "round {round}");
+            }
+            for &u in &ids {
+                let (a, b) =
+                    (s.load_user(u).await.expect("load"), reference.load_user(u).await.expect("load"));
+                assert_eq!(a, b, "round {round}: ID {} as the reference has it", u.value());
+            }
+        }
+        let (a, b) = (s.stats().await.expect("stats"), reference.stats().await.expect("stats"));
+        assert_eq!(a.users, b.users);
+    }
+    // The table a reopened store loads from the file (rows, LEE_A, unfolded journal) is the same.
+    let s = SqliteStorage::open_with(&file, true, u64::MAX).expect("reopen");
+    for &u in &ids {
+        let (a, b) = (s.load_user(u).await.expect("load"), reference.load_user(u).await.expect("load"));
+        assert_eq!(a, b, "after the reopen: ID {}", u.value());
+    }
+    assert_eq!(s.stats().await.expect("stats").users, reference.stats().await.expect("stats").users);
+}
+
+/// One IDTable-changing call (`op` < 6; others do nothing here), its answer as text.
+async fn idtable_call<S: Storage>(s: &S, u: Id, op: u64, flag: bool, now: Epoch, jti: &str) -> String {
+    match op {
+        0 => format!("{:?}", s.insert_user(u, vec![u.value() as u8; 92]).await),
+        1 | 2 => format!("{:?}", s.status_request(u, now, 3, flag).await),
+        3 => format!("{:?}", s.acknowledge(u).await),
+        4 => format!("{:?}", s.reset_status(u, token(jti)).await),
+        5 if flag => format!("{:?}", s.unregister(u).await),
+        5 => format!("{:?}", s.delete_history(u).await),
+        _ => String::new(),
+    }
+}
+
+fn slot_bytes(n: u32) -> [u8; 16] {
+    let mut slot = [0; 16];
+    slot[..4].copy_from_slice(&n.to_be_bytes());
+    slot
+}
+
+/// A declaration, then the mixer's commit of it, on either backend.
+trait ReportAndMix {
+    fn report_and_mix<'a>(
+        &'a self,
+        token: TokenUse,
+        pool: Vec<PoolEntry>,
+        batch: ProcessedBatch,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + 'a>>;
+}
+
+impl<S: Storage> ReportAndMix for S {
+    fn report_and_mix<'a>(
+        &'a self,
+        token: TokenUse,
+        pool: Vec<PoolEntry>,
+        batch: ProcessedBatch,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + 'a>> {
+        let n = batch.slots.len() as u64;
+        Box::pin(async move {
+            assert!(self.submit_report(token, pool).await.expect("submit"));
+            assert_eq!(self.pool_commit(batch).await.expect("commit"), n);
+        })
+    }
+}
+
+/// One store per file (its IDTable lives in memory): a second open while the first lives fails
+/// and says why; once the first is dropped, the file opens again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_file_is_used_by_one_store_at_a_time() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("robert.sqlite");
+    let first = open(&file);
+    assert!(first.insert_user(id(1), vec![1; 92]).await.expect("insert"));
+    match SqliteStorage::open(&file, true) {
+        Err(StorageError::Backend(message)) => {
+            assert!(message.contains("in use by another robert server"), "{message}")
+        }
+        other => panic!("a second store on the file: {other:?}"),
+    }
+    drop(first);
+    let again = open(&file);
+    assert!(again.load_user(id(1)).await.expect("load").is_some());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_refuses_a_newer_schema() {
     let dir = tempfile::tempdir().expect("temp dir");

@@ -12,52 +12,19 @@
 //! If a thread panicked while holding the lock (which no code path here does), every later call
 //! fails with [`StorageError::Backend`] instead of working on a half-updated state.
 
+use super::id_table::IdTable;
+pub use super::id_table::LayoutEstimate;
 use super::{
-    ExpiryStats, Exposure, OutboundBatch, PoolEntry, ProcessedBatch, Result, Stats, StatusOutcome, Storage,
+    ExpiryStats, OutboundBatch, PoolEntry, ProcessedBatch, Result, Stats, StatusOutcome, Storage,
     StorageError, TokenUse, UserRecord,
 };
-use crate::keystore::WRAPPED_SESSION_KEYS_LEN as WRAPPED_LEN;
 use robert_proto::{CountryCode, Epoch, Id};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
 
-/// A user's wrapped keys: inline at the keystore's length (one allocation per user, not two),
-/// boxed otherwise (the trait does not fix the length).
-enum WrappedKeys {
-    Inline([u8; WRAPPED_LEN]),
-    Other(Box<[u8]>),
-}
-
-impl WrappedKeys {
-    fn new(bytes: Vec<u8>) -> Self {
-        match <[u8; WRAPPED_LEN]>::try_from(bytes.as_slice()) {
-            Ok(inline) => Self::Inline(inline),
-            Err(_) => Self::Other(bytes.into_boxed_slice()),
-        }
-    }
-
-    fn to_vec(&self) -> Vec<u8> {
-        match self {
-            Self::Inline(bytes) => bytes.to_vec(),
-            Self::Other(bytes) => bytes.to_vec(),
-        }
-    }
-}
-
-/// One registered ID (§3.2). Boxed in the table: the table's buckets (a power of two, up to half
-/// empty) then hold 16 bytes each, and the user its own allocation.
-struct User {
-    wrapped_keys: WrappedKeys,
-    notified: bool,
-    acknowledged: bool,
-    last_status_epoch: Option<Epoch>,
-    /// LEE_A keyed by epoch, so it comes out in increasing epoch order.
-    exposures: BTreeMap<Epoch, Exposure>,
-}
-
 #[derive(Default)]
 struct State {
-    users: HashMap<Id, Box<User>>,
+    users: IdTable,
     /// Slot → encoded upload record. A `HashMap` iterates in an order that depends on a per-process
     /// random seed, never on insertion order.
     pool: HashMap<[u8; 16], Vec<u8>>,
@@ -72,19 +39,6 @@ struct State {
     last_seq: HashMap<CountryCode, u64>,
 }
 
-/// [`MemoryStorage::layout_estimate`]'s answer.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct LayoutEstimate {
-    /// Bytes of one table bucket.
-    pub bucket_bytes: usize,
-    /// Buckets of the table.
-    pub buckets: usize,
-    /// Heap bytes of one user (its box, with its wrapped keys inline).
-    pub heap_bytes_per_user: usize,
-    /// Everything, per user.
-    pub bytes_per_user: f64,
-}
-
 /// The in-memory reference backend. See the [module docs](self).
 #[derive(Default)]
 pub struct MemoryStorage {
@@ -97,17 +51,10 @@ impl MemoryStorage {
         Self::default()
     }
 
-    /// What `n` registered IDs without exposures should occupy, from this backend's layout:
-    /// the table's buckets (hashbrown: a power of two, at most 7/8 full, one control byte per
-    /// bucket, each holding an ID and a box) plus one heap chunk per user (glibc malloc: the
-    /// request plus an 8-byte header, rounded up to 16). `robert bench storage` prints it beside
-    /// the measured resident-set growth.
+    /// What `n` registered IDs without exposures should occupy, from this backend's layout
+    /// (`robert bench storage` prints it beside the measured resident-set growth).
     pub fn layout_estimate(n: usize) -> LayoutEstimate {
-        let bucket_bytes = std::mem::size_of::<(Id, Box<User>)>() + 1;
-        let buckets = (n.max(1) * 8).div_ceil(7).next_power_of_two();
-        let heap_bytes_per_user = (std::mem::size_of::<User>() + 8).div_ceil(16) * 16;
-        let bytes_per_user = (bucket_bytes * buckets) as f64 / n.max(1) as f64 + heap_bytes_per_user as f64;
-        LayoutEstimate { bucket_bytes, buckets, heap_bytes_per_user, bytes_per_user }
+        IdTable::layout_estimate(n)
     }
 
     fn lock(&self) -> Result<MutexGuard<'_, State>> {
@@ -121,29 +68,9 @@ impl std::fmt::Debug for MemoryStorage {
     }
 }
 
-fn add_exposure(into: &mut Exposure, more: &Exposure) {
-    into.hellos = into.hellos.saturating_add(more.hellos);
-    into.rssi_sum = into.rssi_sum.saturating_add(more.rssi_sum);
-    into.rssi_count = into.rssi_count.saturating_add(more.rssi_count);
-}
-
 impl Storage for MemoryStorage {
     async fn insert_user(&self, id: Id, wrapped_keys: Vec<u8>) -> Result<bool> {
-        let mut state = self.lock()?;
-        if state.users.contains_key(&id) {
-            return Ok(false);
-        }
-        state.users.insert(
-            id,
-            Box::new(User {
-                wrapped_keys: WrappedKeys::new(wrapped_keys),
-                notified: false,
-                acknowledged: false,
-                last_status_epoch: None,
-                exposures: BTreeMap::new(),
-            }),
-        );
-        Ok(true)
+        Ok(self.lock()?.users.insert(id, wrapped_keys))
     }
 
     async fn spend_token(&self, token: TokenUse) -> Result<bool> {
@@ -156,27 +83,11 @@ impl Storage for MemoryStorage {
     }
 
     async fn load_user(&self, id: Id) -> Result<Option<UserRecord>> {
-        let state = self.lock()?;
-        Ok(state.users.get(&id).map(|user| UserRecord {
-            wrapped_keys: user.wrapped_keys.to_vec(),
-            notified: user.notified,
-            acknowledged: user.acknowledged,
-            last_status_epoch: user.last_status_epoch,
-            exposures: user.exposures.values().copied().collect(),
-        }))
+        Ok(self.lock()?.users.get(id))
     }
 
     async fn load_user_keys(&self, ids: Vec<Id>) -> Result<Vec<(Id, Vec<u8>)>> {
-        let state = self.lock()?;
-        let mut seen = HashSet::with_capacity(ids.len());
-        Ok(ids
-            .into_iter()
-            .filter(|id| seen.insert(*id))
-            .filter_map(|id| {
-                let user = state.users.get(&id)?;
-                Some((id, user.wrapped_keys.to_vec()))
-            })
-            .collect())
+        Ok(self.lock()?.users.keys(ids))
     }
 
     async fn status_request(
@@ -187,66 +98,32 @@ impl Storage for MemoryStorage {
         at_risk: bool,
     ) -> Result<StatusOutcome> {
         let mut state = self.lock()?;
-        let Some(user) = state.users.get_mut(&id) else {
-            return Ok(StatusOutcome::Rejected);
-        };
-        if user.acknowledged {
-            return Ok(StatusOutcome::Rejected);
+        let outcome = state.users.decide_status(id, now, min_interval, at_risk);
+        if let StatusOutcome::Answer { at_risk } = outcome {
+            state.users.set_status(id, Some(now), at_risk);
         }
-        if user.notified {
-            user.last_status_epoch = Some(now);
-            return Ok(StatusOutcome::Answer { at_risk: true });
-        }
-        if let Some(last) = user.last_status_epoch {
-            // Signed: a `now` before SRE_A (clock skew between replicas) is "too early" too.
-            let elapsed = i64::from(now.number()) - i64::from(last.number());
-            if elapsed < i64::from(min_interval) {
-                return Ok(StatusOutcome::Rejected);
-            }
-        }
-        user.last_status_epoch = Some(now);
-        user.notified = at_risk;
-        Ok(StatusOutcome::Answer { at_risk })
+        Ok(outcome)
     }
 
     async fn acknowledge(&self, id: Id) -> Result<bool> {
-        let mut state = self.lock()?;
-        match state.users.get_mut(&id) {
-            Some(user) if user.notified => {
-                user.acknowledged = true;
-                Ok(true)
-            }
-            _ => Ok(false),
-        }
+        Ok(self.lock()?.users.acknowledge(id))
     }
 
     async fn reset_status(&self, id: Id, token: TokenUse) -> Result<bool> {
         let mut state = self.lock()?;
-        let State { users, used_tokens, .. } = &mut *state;
-        let Some(user) = users.get_mut(&id) else {
-            return Ok(false);
-        };
-        if used_tokens.contains_key(&token.jti) {
+        if !state.users.contains(id) || state.used_tokens.contains_key(&token.jti) {
             return Ok(false);
         }
-        used_tokens.insert(token.jti, token.expires_unix);
-        user.notified = false;
-        user.acknowledged = false;
-        user.exposures.clear();
-        Ok(true)
+        state.used_tokens.insert(token.jti, token.expires_unix);
+        Ok(state.users.reset(id))
     }
 
     async fn unregister(&self, id: Id) -> Result<bool> {
-        Ok(self.lock()?.users.remove(&id).is_some())
+        Ok(self.lock()?.users.remove(id))
     }
 
     async fn delete_history(&self, id: Id) -> Result<bool> {
-        let mut state = self.lock()?;
-        let Some(user) = state.users.get_mut(&id) else {
-            return Ok(false);
-        };
-        user.exposures.clear();
-        Ok(true)
+        Ok(self.lock()?.users.clear_exposures(id))
     }
 
     async fn submit_report(&self, token: TokenUse, entries: Vec<PoolEntry>) -> Result<bool> {
@@ -291,12 +168,7 @@ impl Storage for MemoryStorage {
             if !erased.contains(slot) {
                 continue;
             }
-            if let Some(user) = state.users.get_mut(id) {
-                user.exposures
-                    .entry(exposure.epoch)
-                    .and_modify(|e| add_exposure(e, exposure))
-                    .or_insert(*exposure);
-            }
+            state.users.add_exposure(*id, exposure);
         }
         for (cc, record, slot) in batch.outbox {
             if erased.contains(&slot) {
@@ -313,12 +185,7 @@ impl Storage for MemoryStorage {
         keys_before_day: u32,
     ) -> Result<ExpiryStats> {
         let mut state = self.lock()?;
-        let mut stats = ExpiryStats::default();
-        for user in state.users.values_mut() {
-            let before = user.exposures.len();
-            user.exposures.retain(|epoch, _| *epoch >= lee_before);
-            stats.exposures += (before - user.exposures.len()) as u64;
-        }
+        let mut stats = ExpiryStats { exposures: state.users.expire(lee_before), ..ExpiryStats::default() };
         let before = state.used_tokens.len();
         state.used_tokens.retain(|_, expires| *expires >= tokens_before_unix);
         stats.tokens = (before - state.used_tokens.len()) as u64;
@@ -403,22 +270,5 @@ impl Storage for MemoryStorage {
                 + state.pending.values().map(|b| b.records.len()).sum::<usize>())
                 as u64,
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn wrapped_keys_inline_at_the_keystore_length_boxed_otherwise() {
-        let inline = WrappedKeys::new(vec![7; WRAPPED_LEN]);
-        assert!(matches!(inline, WrappedKeys::Inline(_)));
-        assert_eq!(inline.to_vec(), vec![7; WRAPPED_LEN]);
-        for len in [0, 1, WRAPPED_LEN - 1, WRAPPED_LEN + 1, 300] {
-            let other = WrappedKeys::new(vec![9; len]);
-            assert!(matches!(other, WrappedKeys::Other(_)));
-            assert_eq!(other.to_vec(), vec![9; len]);
-        }
     }
 }

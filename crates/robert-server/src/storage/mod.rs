@@ -23,6 +23,7 @@
 //! reached the disk.
 
 pub mod contract;
+mod id_table;
 pub mod memory;
 pub mod postgres;
 pub mod sqlite;

@@ -17,10 +17,17 @@
 //!   [`JOURNAL_FOLD_ROWS`] rows or when the writer is idle (see [`super::status_journal`]): one
 //!   page write per hundred-odd ESRs instead of one random page each. An unregistered user's last
 //!   ESR epoch and UN_A stay in the journal until the next fold (never their keys).
-//! - **Concurrent reads.** [`Storage::load_user`], [`Storage::load_user_keys`],
-//!   [`Storage::pool_take`], [`Storage::server_keys`] and [`Storage::stats`] run on a small pool
-//!   of read-only connections (WAL lets them read while the writer writes) on tokio's blocking
-//!   threads, and see every write already answered.
+//! - **The IDTable is read from memory.** The writer keeps every registered ID's row and LEE_A in
+//!   an [`IdTable`] (loaded from the file when the store opens: about 180 bytes per ID plus LEE_A).
+//!   Each command that changes the IDTable decides on that table, writes the database, and
+//!   changes the table as its last step; if its transaction is then lost (rolled back, commit
+//!   failed), the writer reads the table back from the file. [`Storage::load_user`] and
+//!   [`Storage::load_user_keys`] (an ESR's read, the mixer's key lookups) are a hash lookup under
+//!   a read lock, and see every write already answered. Because of this table, one process only
+//!   may use a database file (see [`SqliteStorage::open`]).
+//! - **Concurrent reads of the rest.** [`Storage::pool_take`], [`Storage::server_keys`] and the
+//!   federation and metrics reads run on a small pool of read-only connections (WAL lets them
+//!   read while the writer writes) on tokio's blocking threads.
 //! - **Versioned schema.** `PRAGMA user_version` holds the schema version; [`SqliteStorage::open`]
 //!   applies the missing migrations and refuses ([`StorageError::UnknownSchema`]) a database written
 //!   by a newer binary.
@@ -32,13 +39,13 @@
 //! - **Clean shutdown.** Dropping the storage lets the writer finish every command already sent,
 //!   then joins it; a call made after the writer is gone gets [`StorageError::Closed`].
 //!
-//! Within one process only: two processes writing the same file are serialized by SQLite's lock
-//! (the busy timeout), not by this thread; run one `robert serve` per SQLite file, PostgreSQL for
-//! several replicas.
+//! One process per file: the IDTable in memory would not see another process's writes. Run one
+//! `robert serve` per SQLite file, PostgreSQL for several replicas.
 //!
 //! Error messages carry SQLite's own text (table and constraint names), never a bound value, so
 //! never an ID or key bytes.
 
+use super::id_table::{IdTable, add_exposure};
 use super::status_journal::{Journal, Pending};
 use super::{
     ExpiryStats, Exposure, OutboundBatch, PoolEntry, ProcessedBatch, Result, Stats, StatusOutcome, Storage,
@@ -50,7 +57,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -210,13 +217,6 @@ fn unix_sql(t: u64) -> i64 {
     i64::try_from(t).unwrap_or(i64::MAX)
 }
 
-fn epoch_from_sql(v: i64) -> Result<Epoch> {
-    u32::try_from(v)
-        .ok()
-        .and_then(Epoch::new)
-        .ok_or_else(|| StorageError::Backend("stored epoch out of range".into()))
-}
-
 fn count_from_sql(v: i64) -> u32 {
     // Counts only grow by addition of u32s; saturate like the reference backend.
     u32::try_from(v.max(0)).unwrap_or(u32::MAX)
@@ -234,7 +234,7 @@ trait Job: Send {
     /// Runs the command on the write connection (inside its savepoint). Returns whether it
     /// succeeded (so the savepoint is released, not rolled back), and what to answer once the
     /// group's commit is known.
-    fn run(self: Box<Self>, conn: &Connection) -> (bool, Box<dyn Reply>);
+    fn run(self: Box<Self>, conn: &Connection, table: &RwLock<IdTable>) -> (bool, Box<dyn Reply>);
     /// Answers the caller with an error without running the command.
     fn abort(self: Box<Self>, error: StorageError);
     /// Whether a successful run erased uploaded pairs, so the WAL must be scrubbed.
@@ -261,11 +261,11 @@ struct Ready<T> {
 impl<T, F> Job for Command<T, F>
 where
     T: Send + 'static,
-    F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    F: FnOnce(&Connection, &RwLock<IdTable>) -> rusqlite::Result<T> + Send + 'static,
 {
-    fn run(self: Box<Self>, conn: &Connection) -> (bool, Box<dyn Reply>) {
+    fn run(self: Box<Self>, conn: &Connection, table: &RwLock<IdTable>) -> (bool, Box<dyn Reply>) {
         let Command { op, work, reply, .. } = *self;
-        let result = work(conn).map_err(|e| backend(op, e));
+        let result = work(conn, table).map_err(|e| backend(op, e));
         (result.is_ok(), Box::new(Ready { result, reply }))
     }
 
@@ -302,6 +302,9 @@ struct Writer {
     journal: Arc<Journal>,
     /// Fold the journal when it holds this many rows.
     fold_rows: u64,
+    /// The in-memory IDTable: each command changes it as its last step; reloaded from the
+    /// database if a transaction that changed it does not commit.
+    table: Arc<RwLock<IdTable>>,
 }
 
 impl Writer {
@@ -375,7 +378,7 @@ impl Writer {
             return;
         }
         let scrubs = job.scrubs();
-        let (ok, reply) = job.run(&self.conn);
+        let (ok, reply) = job.run(&self.conn, &self.table);
         if !ok {
             // Its own failure: undo what it did; the reply carries its error. If even the
             // rollback fails, the next BEGIN reports it.
@@ -395,7 +398,7 @@ impl Writer {
                 if !self.conn.is_autocommit() {
                     let _ = self.conn.execute_batch("ROLLBACK");
                 }
-                self.reload_journal();
+                self.reload();
                 reply.send(Err(&e));
             }
         }
@@ -423,6 +426,7 @@ impl Writer {
                 let e = backend("savepoint", e);
                 if self.conn.is_autocommit() {
                     // The transaction is gone: fail what it held, try a fresh one for the rest.
+                    self.reload();
                     self.fail_all(&mut ran, &e);
                     job.abort(e);
                     if let Err(e) = self.begin() {
@@ -437,7 +441,7 @@ impl Writer {
                 continue;
             }
             let job_scrubs = job.scrubs();
-            let (ok, reply) = job.run(&self.conn);
+            let (ok, reply) = job.run(&self.conn, &self.table);
             let end = if ok {
                 self.statement("RELEASE cmd")
             } else {
@@ -459,7 +463,7 @@ impl Writer {
                     scrub = false;
                     let rolled_back =
                         self.conn.is_autocommit() || self.conn.execute_batch("ROLLBACK").is_ok();
-                    self.reload_journal();
+                    self.reload();
                     if rolled_back {
                         if let Err(e) = self.begin() {
                             for job in jobs {
@@ -490,18 +494,29 @@ impl Writer {
                     // Best effort: if even the rollback fails, the next BEGIN reports it.
                     let _ = self.conn.execute_batch("ROLLBACK");
                 }
-                self.reload_journal();
+                self.reload();
                 self.fail_all(&mut ran, &e);
             }
         }
     }
 
-    /// After a rollback: the journal in memory may hold state that is not in the database any
-    /// more; read it back from the table (what this connection sees: committed, plus what the
-    /// open transaction, if any, still holds).
+    /// After a command's own failure (rolled back alone): read the status journal back from its
+    /// table (what this connection sees: committed, plus what the open transaction still holds).
+    /// A command changes the journal and the IDTable only as its last step, so this is a
+    /// safeguard; the IDTable needs no reload.
     fn reload_journal(&self) {
         if let Err(e) = self.journal.reload(&self.conn) {
             tracing::error!(error = %backend("status journal reload", e), "sqlite writer");
+        }
+    }
+
+    /// After a transaction was lost (rolled back whole, or its commit failed): the journal and
+    /// the IDTable in memory may hold changes that are not in the database; read both back.
+    fn reload(&self) {
+        self.reload_journal();
+        match load_table(&self.conn, &self.journal) {
+            Ok(table) => *write_table(&self.table) = table,
+            Err(e) => tracing::error!(error = %backend("IDTable reload", e), "sqlite writer"),
         }
     }
 
@@ -620,6 +635,10 @@ pub struct SqliteStorage {
     readers: Arc<Readers>,
     commits: Arc<AtomicU64>,
     journal: Arc<Journal>,
+    /// The IDTable: every read of it is answered from here.
+    table: Arc<RwLock<IdTable>>,
+    /// Held (locked) while the store lives; dropped after the writer thread is joined.
+    _lock: std::fs::File,
 }
 
 impl std::fmt::Debug for SqliteStorage {
@@ -634,7 +653,9 @@ impl SqliteStorage {
     /// acknowledged) or `NORMAL` (survives a process crash, not a power loss).
     ///
     /// Fails with [`StorageError::UnknownSchema`] if the file was written by a newer binary, and
-    /// leaves such a file untouched.
+    /// leaves such a file untouched; fails if another store (in this process or another) has the
+    /// file open: the store holds an exclusive lock on `<path>.lock` while it lives (the operating
+    /// system releases it if the process dies).
     pub fn open(path: &Path, fsync: bool) -> Result<Self> {
         Self::open_with(path, fsync, JOURNAL_FOLD_ROWS)
     }
@@ -642,6 +663,7 @@ impl SqliteStorage {
     /// [`SqliteStorage::open`] with the status journal folded at `journal_fold_rows` rows
     /// instead of [`JOURNAL_FOLD_ROWS`] (tests fold at every commit with 1; benchmarks compare).
     pub fn open_with(path: &Path, fsync: bool, journal_fold_rows: u64) -> Result<Self> {
+        let lock = lock_exclusively(path)?;
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -672,6 +694,8 @@ impl SqliteStorage {
         migrate(&conn)?;
         let journal = Arc::new(Journal::default());
         journal.reload(&conn).map_err(|e| backend("status journal", e))?;
+        let table =
+            Arc::new(RwLock::new(load_table(&conn, &journal).map_err(|e| backend("load IDTable", e))?));
 
         let commits = Arc::new(AtomicU64::new(0));
         let (commands, receiver) = mpsc::channel::<Box<dyn Job>>();
@@ -682,6 +706,7 @@ impl SqliteStorage {
             last_scrub: std::time::Instant::now(),
             journal: Arc::clone(&journal),
             fold_rows: journal_fold_rows.max(1),
+            table: Arc::clone(&table),
         };
         let writer = std::thread::Builder::new()
             .name("robert-sqlite-writer".into())
@@ -697,6 +722,8 @@ impl SqliteStorage {
             }),
             commits,
             journal,
+            table,
+            _lock: lock,
         })
     }
 
@@ -712,6 +739,17 @@ impl SqliteStorage {
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
+        self.write_table(op, scrub, move |conn, _| work(conn)).await
+    }
+
+    /// [`SqliteStorage::write`] for a command that reads or changes the in-memory IDTable. The
+    /// writer thread is its only writer: `work` decides on what it reads, writes the database,
+    /// and changes the table as its *last* step (nothing after may fail).
+    async fn write_table<T, F>(&self, op: &'static str, scrub: bool, work: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &RwLock<IdTable>) -> rusqlite::Result<T> + Send + 'static,
+    {
         let (reply, answer) = oneshot::channel();
         let command: Box<dyn Job> = Box::new(Command { op, scrub, work, reply });
         self.commands
@@ -722,25 +760,6 @@ impl SqliteStorage {
         // The writer answers every command it received, even while shutting down; if it died
         // (it panicked), the reply sender was dropped.
         answer.await.map_err(|_| StorageError::Closed)?
-    }
-
-    /// Runs a *point* read on a pooled read-only connection right here, on the async worker.
-    /// A point read of pages in the OS page cache takes a few microseconds: less than
-    /// handing it to a blocking thread and waking the task back (two futex round trips), which
-    /// was the largest cost of an ESR's read. A page-cache miss blocks this worker for one disk
-    /// read. Only for reads of one key; scans and batches use [`SqliteStorage::read`].
-    async fn read_point<T>(
-        &self,
-        op: &'static str,
-        work: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
-    ) -> Result<T> {
-        let _permit = self.readers.permits.acquire().await.map_err(|_| StorageError::Closed)?;
-        let mut conn = self.readers.take()?;
-        let result = work(&mut conn).map_err(|e| backend(op, e));
-        if result.is_ok() {
-            self.readers.give_back(conn);
-        }
-        result
     }
 
     /// Runs a read on a pooled read-only connection, on a blocking thread.
@@ -779,6 +798,29 @@ impl Drop for SqliteStorage {
             && writer.join().is_err()
         {
             tracing::error!("sqlite writer thread panicked");
+        }
+    }
+}
+
+/// Locks `<path>.lock` exclusively, or fails if someone else holds it.
+fn lock_exclusively(path: &Path) -> Result<std::fs::File> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&name)
+        .map_err(|e| StorageError::Backend(format!("open {}: {e}", Path::new(&name).display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StorageError::Backend(format!(
+            "{} is in use by another robert server (or store) holding {}: one process per SQLite file",
+            path.display(),
+            Path::new(&name).display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(StorageError::Backend(format!("lock {}: {e}", Path::new(&name).display())))
         }
     }
 }
@@ -822,75 +864,67 @@ fn migrate(conn: &Connection) -> Result<()> {
     }
 }
 
-fn read_user(conn: &mut Connection, id: Id) -> rusqlite::Result<Option<RawUser>> {
-    // One read transaction, so the row and its LEE_A come from the same snapshot.
-    let tx = conn.transaction()?;
-    let user = {
-        let mut stmt =
-            tx.prepare_cached("SELECT keys, notified, acknowledged, sre FROM users WHERE id = ?1")?;
-        stmt.query_row([id_sql(id)], |row| {
-            Ok(RawUser {
-                keys: row.get(0)?,
-                notified: row.get(1)?,
-                acknowledged: row.get(2)?,
-                sre: row.get(3)?,
-                exposures: Vec::new(),
-            })
-        })
-        .optional()?
-    };
-    let Some(mut user) = user else {
-        return Ok(None);
-    };
-    {
-        let mut stmt = tx.prepare_cached(
-            // No ORDER BY: with one, SQLite re-prepares this statement at every step with a new
-            // ID (measured: a third of a read's time). The primary key (id, epoch) yields the
-            // rows in epoch order anyway; `into_record` sorts so that nothing depends on it.
-            "SELECT epoch, hellos, rssi_sum, rssi_count FROM exposures WHERE id = ?1",
-        )?;
-        let rows =
-            stmt.query_map([id_sql(id)], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)))?;
-        for row in rows {
-            user.exposures.push(row?);
-        }
+/// Reads the IDTable as committed into memory: every user, LEE_A, and the status journal's
+/// pending SRE_A / UN_A over them (the journal is newer than the rows it has not been folded into).
+fn load_table(conn: &Connection, journal: &Journal) -> rusqlite::Result<IdTable> {
+    let mut table = IdTable::default();
+    let users: i64 = conn.query_row("SELECT count(*) FROM users", [], |row| row.get(0))?;
+    table.reserve(usize::try_from(users).unwrap_or(0));
+    let mut stmt = conn.prepare("SELECT id, keys, notified, acknowledged, sre FROM users")?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        table.restore(
+            id_from_sql(row.get(0)?)?,
+            row.get(1)?,
+            row.get(2)?,
+            row.get(3)?,
+            row.get::<_, Option<i64>>(4)?.map(epoch_from_sql).transpose()?,
+        );
     }
-    tx.commit()?;
-    Ok(Some(user))
+    let mut stmt = conn.prepare("SELECT id, epoch, hellos, rssi_sum, rssi_count FROM exposures")?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        let exposure = Exposure {
+            epoch: epoch_from_sql(row.get(1)?)?,
+            hellos: count_from_sql(row.get(2)?),
+            rssi_sum: row.get(3)?,
+            rssi_count: count_from_sql(row.get(4)?),
+        };
+        table.add_exposure(id_from_sql(row.get(0)?)?, &exposure);
+    }
+    for (id, p) in journal.pending() {
+        table.set_status(id_from_sql(id)?, p.sre.map(epoch_from_sql).transpose()?, p.notified);
+    }
+    Ok(table)
 }
 
-/// A `users` row and its exposures as stored, converted to protocol types outside SQLite.
-struct RawUser {
-    keys: Vec<u8>,
-    notified: bool,
-    acknowledged: bool,
-    sre: Option<i64>,
-    exposures: Vec<(i64, i64, i64, i64)>,
+/// A stored ID, or a conversion error (without the value) if the file holds a bad one.
+fn id_from_sql(v: i64) -> rusqlite::Result<Id> {
+    u64::try_from(v).ok().and_then(Id::new).ok_or_else(|| bad_value("id"))
 }
 
-impl RawUser {
-    fn into_record(self) -> Result<UserRecord> {
-        let mut exposures = self
-            .exposures
-            .into_iter()
-            .map(|(epoch, hellos, rssi_sum, rssi_count)| {
-                Ok(Exposure {
-                    epoch: epoch_from_sql(epoch)?,
-                    hellos: count_from_sql(hellos),
-                    rssi_sum,
-                    rssi_count: count_from_sql(rssi_count),
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        exposures.sort_unstable_by_key(|e| e.epoch);
-        Ok(UserRecord {
-            wrapped_keys: self.keys,
-            notified: self.notified,
-            acknowledged: self.acknowledged,
-            last_status_epoch: self.sre.map(epoch_from_sql).transpose()?,
-            exposures,
-        })
-    }
+/// A stored epoch, or a conversion error (without the value) if the file holds a bad one.
+fn epoch_from_sql(v: i64) -> rusqlite::Result<Epoch> {
+    u32::try_from(v).ok().and_then(Epoch::new).ok_or_else(|| bad_value("epoch"))
+}
+
+fn bad_value(column: &'static str) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        0,
+        rusqlite::types::Type::Integer,
+        format!("{column} out of range").into(),
+    )
+}
+
+/// The in-memory IDTable, for reading.
+fn read_table(table: &RwLock<IdTable>) -> std::sync::RwLockReadGuard<'_, IdTable> {
+    // Every change is one call that does not panic: a poisoned lock still holds a whole table.
+    table.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The in-memory IDTable, for changing (the writer thread only).
+fn write_table(table: &RwLock<IdTable>) -> std::sync::RwLockWriteGuard<'_, IdTable> {
+    table.write().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Remembers `token` unless its `jti` is already known; `false` if it was.
@@ -937,17 +971,15 @@ fn pending_from_sql(country: CountryCode, row: PendingRow) -> Result<OutboundBat
 }
 
 /// What `status_request` decided, before the conversion to [`StatusOutcome`].
-enum Decision {
-    Reject,
-    Answer { at_risk: bool },
-}
-
 impl Storage for SqliteStorage {
     async fn insert_user(&self, id: Id, wrapped_keys: Vec<u8>) -> Result<bool> {
-        self.write("insert user", false, move |conn| {
-            let mut stmt = conn
-                .prepare_cached("INSERT INTO users (id, keys) VALUES (?1, ?2) ON CONFLICT (id) DO NOTHING")?;
-            Ok(stmt.execute(params![id_sql(id), wrapped_keys])? == 1)
+        self.write_table("insert user", false, move |conn, table| {
+            if read_table(table).contains(id) {
+                return Ok(false);
+            }
+            conn.prepare_cached("INSERT INTO users (id, keys) VALUES (?1, ?2)")?
+                .execute(params![id_sql(id), &wrapped_keys])?;
+            Ok(write_table(table).insert(id, wrapped_keys))
         })
         .await
     }
@@ -957,49 +989,11 @@ impl Storage for SqliteStorage {
     }
 
     async fn load_user(&self, id: Id) -> Result<Option<UserRecord>> {
-        // The journal first, then the row: see status_journal's docs for why this order.
-        let pending = self.journal.get(id_sql(id));
-        let Some(mut record) = self
-            .read_point("load user", |conn| read_user(conn, id))
-            .await?
-            .map(RawUser::into_record)
-            .transpose()?
-        else {
-            return Ok(None);
-        };
-        if let Some(p) = pending {
-            record.last_status_epoch = p.sre.map(epoch_from_sql).transpose()?;
-            record.notified = p.notified;
-        }
-        Ok(Some(record))
+        Ok(read_table(&self.table).get(id))
     }
 
     async fn load_user_keys(&self, ids: Vec<Id>) -> Result<Vec<(Id, Vec<u8>)>> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        self.read("load user keys", move |conn| {
-            // One snapshot for the whole batch; one indexed lookup per distinct ID.
-            let tx = conn.transaction()?;
-            let mut found = Vec::with_capacity(ids.len());
-            {
-                let mut stmt = tx.prepare_cached("SELECT keys FROM users WHERE id = ?1")?;
-                let mut seen = HashSet::with_capacity(ids.len());
-                for id in ids {
-                    if !seen.insert(id) {
-                        continue;
-                    }
-                    if let Some(keys) =
-                        stmt.query_row([id_sql(id)], |row| row.get::<_, Vec<u8>>(0)).optional()?
-                    {
-                        found.push((id, keys));
-                    }
-                }
-            }
-            tx.commit()?;
-            Ok(found)
-        })
-        .await
+        Ok(read_table(&self.table).keys(ids))
     }
 
     async fn status_request(
@@ -1010,67 +1004,37 @@ impl Storage for SqliteStorage {
         at_risk: bool,
     ) -> Result<StatusOutcome> {
         let journal = Arc::clone(&self.journal);
-        let decision = self
-            .write("status request", false, move |conn| {
-                let row: Option<(bool, bool, Option<i64>)> = conn
-                    .prepare_cached("SELECT notified, acknowledged, sre FROM users WHERE id = ?1")?
-                    .query_row([id_sql(id)], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
-                    .optional()?;
-                let Some((mut notified, acknowledged, mut sre)) = row else {
-                    return Ok(Decision::Reject);
-                };
-                if let Some(p) = journal.get(id_sql(id)) {
-                    (notified, sre) = (p.notified, p.sre);
-                }
-                if acknowledged {
-                    return Ok(Decision::Reject);
-                }
-                let now_sql = i64::from(now.number());
-                let answer = if notified {
-                    true
-                } else {
-                    // Signed: a `now` before SRE_A (clock skew) is "too early" too.
-                    if sre.is_some_and(|last| now_sql - last < i64::from(min_interval)) {
-                        return Ok(Decision::Reject);
-                    }
-                    at_risk
-                };
+        self.write_table("status request", false, move |conn, table| {
+            // §7 steps 7-8, decided on the IDTable in memory: it holds every change of the
+            // commands before this one, committed or in this group.
+            let outcome = read_table(table).decide_status(id, now, min_interval, at_risk);
+            if let StatusOutcome::Answer { at_risk: answer } = outcome {
                 // §7 step 8: SRE_A (and UN_A), appended to the journal rather than written in
-                // place; the last step of the command.
-                journal.record(conn, id_sql(id), Pending { sre: Some(now_sql), notified: answer })?;
-                Ok(Decision::Answer { at_risk: answer })
-            })
-            .await?;
-        Ok(match decision {
-            Decision::Reject => StatusOutcome::Rejected,
-            Decision::Answer { at_risk } => StatusOutcome::Answer { at_risk },
+                // place; the last steps of the command.
+                let sre = Some(i64::from(now.number()));
+                journal.record(conn, id_sql(id), Pending { sre, notified: answer })?;
+                write_table(table).set_status(id, Some(now), answer);
+            }
+            Ok(outcome)
         })
+        .await
     }
 
     async fn acknowledge(&self, id: Id) -> Result<bool> {
-        let journal = Arc::clone(&self.journal);
-        self.write("acknowledge", false, move |conn| {
-            let notified: Option<bool> = conn
-                .prepare_cached("SELECT notified FROM users WHERE id = ?1")?
-                .query_row([id_sql(id)], |row| row.get(0))
-                .optional()?;
-            let Some(notified) = notified else {
-                return Ok(false);
-            };
-            if !journal.get(id_sql(id)).map_or(notified, |p| p.notified) {
+        self.write_table("acknowledge", false, move |conn, table| {
+            if !read_table(table).is_notified(id) {
                 return Ok(false);
             }
             conn.prepare_cached("UPDATE users SET acknowledged = 1 WHERE id = ?1")?.execute([id_sql(id)])?;
-            Ok(true)
+            Ok(write_table(table).acknowledge(id))
         })
         .await
     }
 
     async fn reset_status(&self, id: Id, token: TokenUse) -> Result<bool> {
         let journal = Arc::clone(&self.journal);
-        self.write("reset status", false, move |conn| {
-            let known = conn.prepare_cached("SELECT 1 FROM users WHERE id = ?1")?.exists([id_sql(id)])?;
-            if !known || !spend_token(conn, &token)? {
+        self.write_table("reset status", false, move |conn, table| {
+            if !read_table(table).contains(id) || !spend_token(conn, &token)? {
                 return Ok(false);
             }
             conn.prepare_cached("UPDATE users SET notified = 0, acknowledged = 0 WHERE id = ?1")?
@@ -1079,33 +1043,32 @@ impl Storage for SqliteStorage {
             if let Some(p) = journal.get(id_sql(id)) {
                 journal.record(conn, id_sql(id), Pending { notified: false, ..p })?;
             }
-            Ok(true)
+            Ok(write_table(table).reset(id))
         })
         .await
     }
 
     async fn unregister(&self, id: Id) -> Result<bool> {
         let journal = Arc::clone(&self.journal);
-        self.write("unregister", false, move |conn| {
-            let removed = conn.prepare_cached("DELETE FROM users WHERE id = ?1")?.execute([id_sql(id)])?;
+        self.write_table("unregister", false, move |conn, table| {
+            if !read_table(table).contains(id) {
+                return Ok(false);
+            }
+            conn.prepare_cached("DELETE FROM users WHERE id = ?1")?.execute([id_sql(id)])?;
             conn.prepare_cached("DELETE FROM exposures WHERE id = ?1")?.execute([id_sql(id)])?;
             journal.remove(conn, id_sql(id))?;
-            Ok(removed == 1)
+            Ok(write_table(table).remove(id))
         })
         .await
     }
 
     async fn delete_history(&self, id: Id) -> Result<bool> {
-        self.write("delete history", false, move |conn| {
-            let found: Option<i64> = conn
-                .prepare_cached("SELECT 1 FROM users WHERE id = ?1")?
-                .query_row([id_sql(id)], |row| row.get(0))
-                .optional()?;
-            if found.is_none() {
+        self.write_table("delete history", false, move |conn, table| {
+            if !read_table(table).contains(id) {
                 return Ok(false);
             }
             conn.prepare_cached("DELETE FROM exposures WHERE id = ?1")?.execute([id_sql(id)])?;
-            Ok(true)
+            Ok(write_table(table).clear_exposures(id))
         })
         .await
     }
@@ -1139,7 +1102,7 @@ impl Storage for SqliteStorage {
     }
 
     async fn pool_commit(&self, batch: ProcessedBatch) -> Result<u64> {
-        self.write("pool commit", true, move |conn| {
+        self.write_table("pool commit", true, move |conn, table| {
             let mut batch = batch;
             // Key order: each B-tree descent starts where the last one ended (cached pages),
             // and neighbouring rows share a page write. The order has no meaning: slots are
@@ -1155,11 +1118,26 @@ impl Storage for SqliteStorage {
                     }
                 }
             }
+            // The exposures of erased slots, summed per (id, epoch) (sorted: they are adjacent),
+            // so that each is written once (a contact of many HELLOs in one epoch is one row
+            // write, not one per HELLO); dropped when the ID is not registered (any more).
+            let mut sums: Vec<(Id, Exposure)> = Vec::new();
+            for (id, exposure, slot) in &batch.exposures {
+                if !erased.contains(slot) {
+                    continue;
+                }
+                match sums.last_mut() {
+                    Some((last, sum)) if *last == *id && sum.epoch == exposure.epoch => {
+                        add_exposure(sum, exposure);
+                    }
+                    _ => sums.push((*id, *exposure)),
+                }
+            }
             {
-                // Dropped when the ID is not registered (any more), summed per (id, epoch). Two
-                // single-row statements rather than one INSERT … SELECT: SQLite then needs no
-                // statement journal per exposure.
-                let mut known = conn.prepare_cached("SELECT 1 FROM users WHERE id = ?1")?;
+                let known = read_table(table);
+                sums.retain(|(id, _)| known.contains(*id));
+            }
+            {
                 let mut add = conn.prepare_cached(
                     "INSERT INTO exposures (id, epoch, hellos, rssi_sum, rssi_count)
                      VALUES (?1, ?2, ?3, ?4, ?5)
@@ -1168,41 +1146,8 @@ impl Storage for SqliteStorage {
                          rssi_sum = rssi_sum + excluded.rssi_sum,
                          rssi_count = rssi_count + excluded.rssi_count",
                 )?;
-                // Sorted by (id, epoch): the exposures of one (id, epoch) are adjacent, and are
-                // summed here so that each is written once (a contact of many HELLOs in one epoch
-                // is one row write, not one per HELLO).
-                let mut write = |id: Id, e: &Exposure| -> rusqlite::Result<()> {
-                    if known.exists([id_sql(id)])? {
-                        add.execute(params![
-                            id_sql(id),
-                            e.epoch.number(),
-                            e.hellos,
-                            e.rssi_sum,
-                            e.rssi_count
-                        ])?;
-                    }
-                    Ok(())
-                };
-                let mut run: Option<(Id, Exposure)> = None;
-                for (id, exposure, slot) in &batch.exposures {
-                    if !erased.contains(slot) {
-                        continue;
-                    }
-                    match &mut run {
-                        Some((rid, sum)) if *rid == *id && sum.epoch == exposure.epoch => {
-                            sum.hellos = sum.hellos.saturating_add(exposure.hellos);
-                            sum.rssi_sum = sum.rssi_sum.saturating_add(exposure.rssi_sum);
-                            sum.rssi_count = sum.rssi_count.saturating_add(exposure.rssi_count);
-                        }
-                        _ => {
-                            if let Some((rid, sum)) = run.replace((*id, *exposure)) {
-                                write(rid, &sum)?;
-                            }
-                        }
-                    }
-                }
-                if let Some((rid, sum)) = run {
-                    write(rid, &sum)?;
+                for (id, e) in &sums {
+                    add.execute(params![id_sql(*id), e.epoch.number(), e.hellos, e.rssi_sum, e.rssi_count])?;
                 }
             }
             {
@@ -1212,6 +1157,10 @@ impl Storage for SqliteStorage {
                         push.execute(params![cc.value(), record])?;
                     }
                 }
+            }
+            let mut t = write_table(table);
+            for (id, exposure) in &sums {
+                t.add_exposure(*id, exposure);
             }
             Ok(erased.len() as u64)
         })
@@ -1224,7 +1173,7 @@ impl Storage for SqliteStorage {
         tokens_before_unix: u64,
         keys_before_day: u32,
     ) -> Result<ExpiryStats> {
-        self.write("expire", false, move |conn| {
+        self.write_table("expire", false, move |conn, table| {
             let exposures = conn
                 .prepare_cached("DELETE FROM exposures WHERE epoch < ?1")?
                 .execute([lee_before.number()])?;
@@ -1233,11 +1182,13 @@ impl Storage for SqliteStorage {
                 .execute([unix_sql(tokens_before_unix)])?;
             let server_keys =
                 conn.prepare_cached("DELETE FROM server_keys WHERE day < ?1")?.execute([keys_before_day])?;
-            Ok(ExpiryStats {
+            let stats = ExpiryStats {
                 exposures: exposures as u64,
                 tokens: tokens as u64,
                 server_keys: server_keys as u64,
-            })
+            };
+            write_table(table).expire(lee_before);
+            Ok(stats)
         })
         .await
     }
@@ -1365,19 +1316,18 @@ impl Storage for SqliteStorage {
     }
 
     async fn stats(&self) -> Result<Stats> {
-        let (users, pool_depth, outbox_depth) = self
+        let (pool_depth, outbox_depth) = self
             .read("stats", |conn| {
                 conn.prepare_cached(
-                    "SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM pool),
+                    "SELECT (SELECT count(*) FROM pool),
                             (SELECT count(*) FROM outbox)
                               + (SELECT coalesce(sum(pairs), 0) FROM fed_pending)",
                 )?
-                .query_row([], |row| {
-                    Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
-                })
+                .query_row([], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?)))
             })
             .await?;
         let count = |n: i64| u64::try_from(n).unwrap_or(0);
-        Ok(Stats { users: count(users), pool_depth: count(pool_depth), outbox_depth: count(outbox_depth) })
+        let users = read_table(&self.table).len() as u64;
+        Ok(Stats { users, pool_depth: count(pool_depth), outbox_depth: count(outbox_depth) })
     }
 }

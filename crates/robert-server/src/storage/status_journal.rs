@@ -12,14 +12,12 @@
 //! - `status_log` rows are written in the same transaction as the rest of the command, so they
 //!   are exactly as durable as an in-place update; a restart replays the log (in `seq` order,
 //!   latest state wins) into memory.
-//! - In memory, [`Journal`] maps each ID with log rows to its latest state. It is the truth for
-//!   SRE_A and UN_A of those IDs; `users` holds the rest of the row (keys, acknowledged) and the
-//!   state of IDs without log rows. The writer thread (the only writer) changes it only as the
-//!   last step of a command that succeeded; if a transaction then fails to commit, the writer
-//!   reloads it from the table (the committed truth).
-//! - Readers look the journal up *before* they start their read transaction: an entry they find
-//!   is at least as recent as the row; an entry they do not find was either never there or was
-//!   folded and cleared before they looked, so their snapshot already holds the folded row.
+//! - In memory, [`Journal`] maps each ID with log rows to its latest state: what a fold writes,
+//!   and, when the store opens, what is laid over the `users` rows to rebuild the in-memory
+//!   IDTable (which, not this map, is what reads and the writer's decisions use). The writer
+//!   thread (the only writer) changes it only as the last step of a command that succeeded; if
+//!   a transaction then fails to commit, the writer reloads it from the table (the committed
+//!   truth).
 //! - Unregistering an ID with pending state appends a tombstone (`state = 2`), so that a replay
 //!   does not bring back state of an ID that is gone (IDs may be drawn again later).
 //! - A fold runs in the writer thread in a transaction of its own: every pending state written
@@ -86,6 +84,11 @@ impl Journal {
         self.lock().pending.get(&id).copied()
     }
 
+    /// Every pending state, in no order.
+    pub(crate) fn pending(&self) -> Vec<(i64, Pending)> {
+        self.lock().pending.iter().map(|(&id, &p)| (id, p)).collect()
+    }
+
     /// Rows the log holds.
     pub(crate) fn rows(&self) -> u64 {
         self.lock().rows
@@ -120,7 +123,7 @@ impl Journal {
     /// caller's transaction. Returns the IDs written. The caller calls [`Journal::clear`] once
     /// the transaction committed, and nothing if it did not.
     pub(crate) fn fold(&self, conn: &Connection) -> rusqlite::Result<usize> {
-        let mut states: Vec<(i64, Pending)> = self.lock().pending.iter().map(|(&id, &p)| (id, p)).collect();
+        let mut states = self.pending();
         states.sort_unstable_by_key(|&(id, _)| id);
         let mut update = conn.prepare_cached("UPDATE users SET sre = ?2, notified = ?3 WHERE id = ?1")?;
         for (id, p) in &states {
