@@ -1039,6 +1039,22 @@ impl BackendRun for StatusRun<'_> {
         report.figure("noop_p50_us", noop.percentile(50.0), "us", json!({}));
         report.figure("noop_p99_us", noop.percentile(99.0), "us", json!({}));
         report.figure("esr_to_noop_ratio", ratio, "1", json!({"target": 0.5}));
+        if let (Some(esr_cpu), Some(noop_cpu)) = (esr_result.cpu_us_per_unit(), noop.cpu_us_per_unit()) {
+            report.figure(
+                "esr_cpu_us",
+                esr_cpu,
+                "us",
+                json!({"what": "CPU time of the process (server and load generator) per ESR answered"}),
+            );
+            report.figure("noop_cpu_us", noop_cpu, "us", json!({"what": "the same per no-op answered"}));
+            report.figure(
+                "noop_to_esr_cpu_ratio",
+                noop_cpu / esr_cpu,
+                "1",
+                json!({"what": "what the throughput ratio is on saturated cores, from CPU time: hardly moved by \
+                                other load on the machine"}),
+            );
+        }
         report.figure(
             "esr_crypto_ns",
             crypto_ns,
@@ -1082,6 +1098,13 @@ impl BackendRun for StatusRun<'_> {
             args.ids,
             args.common.storage.name()
         );
+        if let (Some(esr_cpu), Some(noop_cpu)) = (esr_result.cpu_us_per_unit(), noop.cpu_us_per_unit()) {
+            eprintln!(
+                "robert bench status: CPU per request {esr_cpu:.1} µs (ESR) vs {noop_cpu:.1} µs (no-op): \
+                 ratio {:.2}",
+                noop_cpu / esr_cpu
+            );
+        }
         if let Some([reads, writes, both]) = limits {
             eprintln!(
                 "robert bench status: storage alone, without HTTP: load_user {reads:.0}/s, status_request \
@@ -1684,6 +1707,17 @@ fn file_size(p: &Path) -> Result<u64> {
     Ok(std::fs::metadata(p).with_context(|| format!("{}", p.display()))?.len())
 }
 
+/// CPU time (user + system, every thread) this process has used so far, from `/proc/self/stat`
+/// (Linux, in USER_HZ = 100 ticks per second); `None` elsewhere.
+fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces, in parentheses): state is the first,
+    // utime the 12th, stime the 13th.
+    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 1..)?.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
 fn random_id(rng: &mut ChaCha20Rng) -> Id {
     Id::new(rng.random_range(0..=Id::MAX)).expect("drawn in range")
 }
@@ -1764,11 +1798,20 @@ struct LoadResult {
     bad: u64,
     exhausted: bool,
     elapsed: Duration,
+    /// CPU time of the whole process (server and load generator) over the measured window.
+    cpu: Option<Duration>,
     /// Latencies of the accepted units, microseconds, sorted.
     latencies_us: Vec<u32>,
 }
 
 impl LoadResult {
+    /// CPU microseconds per accepted unit (all of the process's threads: server and clients),
+    /// over the measured window: unlike the rate, hardly moved by other load on the machine.
+    fn cpu_us_per_unit(&self) -> Option<f64> {
+        let cpu = self.cpu?;
+        (self.ok > 0).then(|| cpu.as_secs_f64() * 1e6 / self.ok as f64)
+    }
+
     fn rate(&self) -> f64 {
         per_sec(self.ok, self.elapsed)
     }
@@ -1823,6 +1866,12 @@ impl LoadSpec {
             }
             let start = Instant::now() + self.warmup;
             let end = start + self.duration;
+            let cpu = tokio::spawn(async move {
+                tokio::time::sleep_until(start.into()).await;
+                let before = process_cpu();
+                tokio::time::sleep_until(end.into()).await;
+                before.zip(process_cpu()).map(|(a, b)| b.saturating_sub(a))
+            });
             let mut tasks = tokio::task::JoinSet::new();
             for mut conn in conns {
                 let work = work.clone();
@@ -1872,6 +1921,7 @@ impl LoadSpec {
             }
             result.elapsed = last.saturating_duration_since(start);
             result.latencies_us.sort_unstable();
+            result.cpu = cpu.await.ok().flatten();
             Ok(result)
         })
     }
