@@ -1390,12 +1390,7 @@ impl BackendRun for RegisterRun<'_> {
 
 /// ECDH agreements per second with the server's key on `threads` threads: per second of wall
 /// clock, and per second of the threads' CPU time (0 where Linux's schedstat is missing).
-fn ecdh_rate(
-    pair: &keystore::Registration,
-    peers: &[PublicKey],
-    threads: usize,
-    d: Duration,
-) -> (f64, f64) {
+fn ecdh_rate(pair: &keystore::Registration, peers: &[PublicKey], threads: usize, d: Duration) -> (f64, f64) {
     let t0 = Instant::now();
     let (total, cpu_ns): (u64, u64) = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)

@@ -312,8 +312,7 @@ pub async fn concurrent_registrations_spend_once<S: Storage>(s: &S) {
             .collect(),
     )
     .await;
-    let outcomes: Vec<RegisterOutcome> =
-        outcomes.into_iter().map(|o| o.expect("register_user")).collect();
+    let outcomes: Vec<RegisterOutcome> = outcomes.into_iter().map(|o| o.expect("register_user")).collect();
     assert_eq!(
         outcomes.iter().filter(|o| **o == RegisterOutcome::Registered).count(),
         1,

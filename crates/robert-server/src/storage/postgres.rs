@@ -655,7 +655,9 @@ impl Storage for PostgresStorage {
                 let (token, keys) = data;
                 // The ID first: a taken ID changes nothing (the token stays unspent for the retry).
                 let insert = tx
-                    .prepare_cached("INSERT INTO users (id, keys) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING")
+                    .prepare_cached(
+                        "INSERT INTO users (id, keys) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
+                    )
                     .await?;
                 if tx.execute(&insert, &[&id_sql(id), keys]).await? == 0 {
                     return Ok(RegisterOutcome::IdTaken);
