@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | `upload` | pairs/s through [`Service::report`] + [`Service::mix_once`] (§6.1, §6.2) | the per-pair crypto floor (SKINNY + AES + HMAC; also batched SKINNY, and the key unwrap), one core |
 //! | `status` | ESR/s over HTTP, p50/p99 (§7) | `GET /healthz` under the same load and client; `load_user` and `status_request` alone; the ESR's crypto |
-//! | `register` | registrations/s over HTTP, difficulty 0 (§3.3) | `Registration::agree` (the key store's §3.3 agreement) per second, one thread and every core |
+//! | `register` | registrations/s over HTTP, difficulty 0 (§3.3); also per second of CPU time (all threads, and with `--client-threads N` the server's alone) | `Registration::agree` (the key store's §3.3 agreement) per second, one thread and every core, and per CPU-second |
 //! | `storage` | bytes per registered ID, SQLite file and in-memory | – |
 //!
 //! How it is measured, and what that means for the figures:
