@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | `upload` | pairs/s through [`Service::report`] + [`Service::mix_once`] (§6.1, §6.2) | the per-pair crypto floor (SKINNY + AES + HMAC; also batched SKINNY, and the key unwrap), one core |
 //! | `status` | ESR/s over HTTP, p50/p99 (§7) | `GET /healthz` under the same load and client; `load_user` and `status_request` alone; the ESR's crypto |
-//! | `register` | registrations/s over HTTP, difficulty 0 (§3.3) | `Registration::agree` (the key store's §3.3 agreement) per second, one thread and every core |
+//! | `register` | registrations/s over HTTP, difficulty 0 (§3.3); also per second of CPU time (all threads, and with `--client-threads N` the server's alone) | `Registration::agree` (the key store's §3.3 agreement) per second, one thread and every core, and per CPU-second |
 //! | `storage` | bytes per registered ID, SQLite file and in-memory | – |
 //!
 //! How it is measured, and what that means for the figures:
@@ -1312,8 +1312,9 @@ impl BackendRun for RegisterRun<'_> {
             (0..args.key_pool).map(|_| AppEphemeralKey::generate(&mut rng).public_key().clone()).collect();
 
         // The reference: raw ECDH with the server's own key, server idle.
-        let one = ecdh_rate(&server.secrets.registration, &publics, 1, Duration::from_secs(2));
-        let all = ecdh_rate(&server.secrets.registration, &publics, cores(), Duration::from_secs(2));
+        let (one, ecdh_per_cpu_sec) =
+            ecdh_rate(&server.secrets.registration, &publics, 1, Duration::from_secs(2));
+        let (all, _) = ecdh_rate(&server.secrets.registration, &publics, cores(), Duration::from_secs(2));
 
         eprintln!(
             "robert bench: ECDH {one:.0}/s on one thread, {all:.0}/s on {} threads; now registering over HTTP",
@@ -1332,7 +1333,9 @@ impl BackendRun for RegisterRun<'_> {
             next: AtomicUsize::new(0),
         });
         let spec = LoadSpec::new(running.addr, args.clients, &args.load);
+        let sampler = CpuSampler::spawn(server.service.clone(), &args.load);
         let result = spec.run(rt, work)?;
+        let cpu = sampler.join();
         rt.block_on(running.shutdown())?;
 
         report.figure(
@@ -1357,6 +1360,40 @@ impl BackendRun for RegisterRun<'_> {
             "1",
             json!({"target": 0.5}),
         );
+        // The same comparison per CPU-second consumed, which other load on the machine does not
+        // skew (the wall-clock figures above compare two moments of a shared machine).
+        report.figure(
+            "ecdh_per_cpu_sec",
+            ecdh_per_cpu_sec,
+            "1/s",
+            json!({"what": "Registration::agree per second of the measuring thread's CPU time"}),
+        );
+        if let Some(cpu) = &cpu {
+            let per_cpu = |ns: u64| cpu.registrations as f64 / (ns as f64 / 1e9).max(1e-9);
+            report.figure(
+                "registrations_per_cpu_sec",
+                per_cpu(cpu.server_ns + cpu.client_ns),
+                "1/s",
+                json!({"what": "registrations per second of CPU time of every thread of the process \
+                                (server, and the load generator)", "registrations": cpu.registrations}),
+            );
+            if args.load.client_threads > 0 {
+                let server_rate = per_cpu(cpu.server_ns);
+                report.figure(
+                    "registrations_per_server_cpu_sec",
+                    server_rate,
+                    "1/s",
+                    json!({"what": "registrations per second of CPU time of the threads other than the \
+                                    load generator's (its own runtime: --client-threads)"}),
+                );
+                report.figure(
+                    "registrations_to_ecdh_cpu_ratio",
+                    server_rate / ecdh_per_cpu_sec.max(1e-9),
+                    "1",
+                    json!({"what": "the share of the server's CPU time that the ECDH takes", "target": 0.5}),
+                );
+            }
+        }
         eprintln!(
             "robert bench register: {:.0} registrations/s (p50 {:.0} µs, p99 {:.0} µs) vs ECDH {:.0}/s on one thread, \
              {:.0}/s on {} cores: ratio {:.2}",
@@ -1374,13 +1411,15 @@ impl BackendRun for RegisterRun<'_> {
     }
 }
 
-/// ECDH agreements per second with the server's key on `threads` threads.
-fn ecdh_rate(pair: &keystore::Registration, peers: &[PublicKey], threads: usize, d: Duration) -> f64 {
+/// ECDH agreements per second with the server's key on `threads` threads: per second of wall
+/// clock, and per second of the threads' CPU time (0 where Linux's schedstat is missing).
+fn ecdh_rate(pair: &keystore::Registration, peers: &[PublicKey], threads: usize, d: Duration) -> (f64, f64) {
     let t0 = Instant::now();
-    let total: u64 = std::thread::scope(|s| {
+    let (total, cpu_ns): (u64, u64) = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
                 s.spawn(move || {
+                    let cpu0 = own_cpu_ns();
                     let mut n = 0u64;
                     let mut i = t;
                     while t0.elapsed() < d {
@@ -1390,13 +1429,81 @@ fn ecdh_rate(pair: &keystore::Registration, peers: &[PublicKey], threads: usize,
                             n += 1;
                         }
                     }
-                    n
+                    (n, own_cpu_ns().zip(cpu0).map_or(0, |(b, a)| b.saturating_sub(a)))
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or(0)).sum()
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or((0, 0)))
+            .fold((0, 0), |(n, c), (dn, dc)| (n + dn, c + dc))
     });
-    per_sec(total, t0.elapsed())
+    let per_cpu = if cpu_ns > 0 { total as f64 / (cpu_ns as f64 / 1e9) } else { 0.0 };
+    (per_sec(total, t0.elapsed()), per_cpu)
+}
+
+/// CPU time the calling thread has run, nanoseconds (Linux `/proc/thread-self/schedstat`).
+fn own_cpu_ns() -> Option<u64> {
+    schedstat_ns(Path::new("/proc/thread-self/schedstat"))
+}
+
+fn schedstat_ns(path: &Path) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.split_whitespace().next()?.parse().ok()
+}
+
+/// CPU time of this process's live threads, nanoseconds: the load generator's (threads named
+/// `robert-bench-client`) and all others (the server's). `None` without Linux's schedstat.
+fn thread_cpu_ns() -> Option<(u64, u64)> {
+    let (mut server, mut client) = (0u64, 0u64);
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        // A thread may end between the listing and the reads: skip it.
+        let Some(ns) = schedstat_ns(&task.path().join("schedstat")) else { continue };
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        // `comm` is the thread name cut to 15 bytes.
+        if comm.trim_end().starts_with("robert-bench-cl") {
+            client += ns;
+        } else {
+            server += ns;
+        }
+    }
+    Some((server, client))
+}
+
+/// What [`CpuSampler`] measured over the load's measured window.
+struct CpuWindow {
+    /// Registrations the service completed in the window.
+    registrations: u64,
+    /// CPU time of the server's threads (with the in-process clients when they share them).
+    server_ns: u64,
+    /// CPU time of the load generator's own threads (`--client-threads`), else 0.
+    client_ns: u64,
+}
+
+/// Samples the process's CPU time and the service's registration counter at the start and the
+/// end of the measured window (after the warm-up), on a thread of its own.
+struct CpuSampler(std::thread::JoinHandle<Option<CpuWindow>>);
+
+impl CpuSampler {
+    fn spawn<S: Storage>(service: Arc<Service<S>>, load: &LoadArgs) -> Self {
+        let warmup = Duration::from_secs_f64(load.warmup.max(0.0));
+        let window = Duration::from_secs_f64(load.seconds.max(0.001));
+        Self(std::thread::spawn(move || {
+            let sample = || Some((thread_cpu_ns()?, service.metrics().counter("registrations")?));
+            std::thread::sleep(warmup);
+            let ((s0, c0), r0) = sample()?;
+            std::thread::sleep(window);
+            let ((s1, c1), r1) = sample()?;
+            Some(CpuWindow {
+                registrations: r1.saturating_sub(r0),
+                server_ns: s1.saturating_sub(s0),
+                client_ns: c1.saturating_sub(c0),
+            })
+        }))
+    }
+
+    fn join(self) -> Option<CpuWindow> {
+        self.0.join().ok().flatten()
+    }
 }
 
 async fn check_registration(addr: SocketAddr, key: AppEphemeralKey, server_key: &PublicKey) -> Result<()> {

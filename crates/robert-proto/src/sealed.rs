@@ -72,11 +72,11 @@ pub fn seal_with_iv(k_enc: &KEnc, entries: &[EbidEntry], iv: [u8; IV_LEN]) -> Ve
         out.extend_from_slice(e.ebid.as_bytes());
         out.push(e.ecc.value());
     }
-    let mut body = out.split_off(IV_LEN);
-    aead_key(k_enc)
-        .seal_in_place_append_tag(Nonce::assume_unique_for_key(iv), Aad::empty(), &mut body)
+    // Sealed in place after the IV, the tag appended: no copy of the list.
+    let tag = aead_key(k_enc)
+        .seal_in_place_separate_tag(Nonce::assume_unique_for_key(iv), Aad::empty(), &mut out[IV_LEN..])
         .expect("sealing cannot fail for a list this size");
-    out.append(&mut body);
+    out.extend_from_slice(tag.as_ref());
     out
 }
 

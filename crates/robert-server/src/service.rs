@@ -23,7 +23,8 @@ use crate::keystore::{DayKeys, KeyError, ServerSecrets};
 use crate::metrics::{Metrics, PairTally, Replay};
 use crate::risk;
 use crate::storage::{
-    Exposure, PoolEntry, ProcessedBatch, StatusOutcome, Storage, StorageError, TokenUse, UserRecord,
+    Exposure, PoolEntry, ProcessedBatch, RegisterOutcome, StatusOutcome, Storage, StorageError, TokenUse,
+    UserRecord,
 };
 use crate::token::{Purpose, TrustedAuthorities};
 use rand::RngExt;
@@ -136,6 +137,9 @@ pub struct Service<S> {
     federation: crate::federation::Federation,
     audit: Arc<crate::audit::AuditLog>,
     replay: crate::limits::ReplayCache,
+    /// Registration challenges this process has accepted, until they expire: a replay is refused
+    /// before the ECDH (the storage's spend is the authoritative check).
+    challenge_replay: crate::limits::ReplayCache,
     challenge_limit: crate::limits::RateLimiter,
     register_limit: crate::limits::RateLimiter,
     register_in_flight: crate::limits::InFlight,
@@ -184,6 +188,7 @@ impl<S: Storage> Service<S> {
         let dummy_wrapped = secrets.kek.wrap_session_keys(&dummy, DUMMY_AAD)?;
         let l = &config.limits;
         let replay = crate::limits::ReplayCache::new(l.replay_cache_entries);
+        let challenge_replay = crate::limits::ReplayCache::new(l.replay_cache_entries);
         let challenge_limit = crate::limits::RateLimiter::new(l.challenge_per_sec, l.challenge_burst);
         let register_limit = crate::limits::RateLimiter::new(l.register_per_sec, l.register_burst);
         let register_in_flight = crate::limits::InFlight::new(l.register_max_in_flight);
@@ -202,6 +207,7 @@ impl<S: Storage> Service<S> {
             federation,
             audit,
             replay,
+            challenge_replay,
             challenge_limit,
             register_limit,
             register_in_flight,
@@ -333,26 +339,40 @@ impl<S: Storage> Service<S> {
             self.metrics.registration_rejected();
             return Err(ServiceError::Rejected);
         }
-        // Accepted once: spend the nonce until the challenge expires.
-        let spent = TokenUse {
-            jti: format!("pow:{}", hex::encode(&challenge[..16])),
-            expires_unix: expires.to_unix(),
-        };
-        if !self.storage.spend_token(spent).await? {
+        // Accepted once (DESIGN §4). A challenge this process has already seen is refused here,
+        // before the key agreement, so that replaying one costs the server no ECDH; the durable
+        // spend below (in the same transaction as the registration) is what holds across
+        // restarts and replicas.
+        let mut nonce = [0u8; 32];
+        nonce[..16].copy_from_slice(&challenge[..16]);
+        if !self.challenge_replay.first_use(&nonce, expires, now) {
             self.metrics.registration_rejected();
             self.metrics.replay_refused(Replay::Challenge);
             return Err(ServiceError::Rejected);
         }
+        let spent = TokenUse {
+            jti: format!("pow:{}", hex::encode(&challenge[..16])),
+            expires_unix: expires.to_unix(),
+        };
 
         let keys = self.secrets.registration.agree(&client)?;
-        // ID_A drawn at random without replacement (§3.2): a taken ID is redrawn.
+        // ID_A drawn at random without replacement (§3.2): a taken ID is redrawn. The challenge is
+        // spent and the ID registered in one durable write (one commit per registration).
         let mut id = None;
         for _ in 0..32 {
             let candidate = Id::new(rand::rng().random_range(0..=Id::MAX)).expect("drawn in range");
             let wrapped = self.secrets.kek.wrap_session_keys(&keys, &candidate.to_be_bytes())?;
-            if self.storage.insert_user(candidate, wrapped).await? {
-                id = Some(candidate);
-                break;
+            match self.storage.register_user(spent.clone(), candidate, wrapped).await? {
+                RegisterOutcome::Registered => {
+                    id = Some(candidate);
+                    break;
+                }
+                RegisterOutcome::TokenSpent => {
+                    self.metrics.registration_rejected();
+                    self.metrics.replay_refused(Replay::Challenge);
+                    return Err(ServiceError::Rejected);
+                }
+                RegisterOutcome::IdTaken => {}
             }
         }
         let id = id.ok_or_else(|| ServiceError::Internal("could not draw a free ID in 32 tries".into()))?;

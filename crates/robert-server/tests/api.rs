@@ -5,6 +5,7 @@ mod common;
 use common::*;
 use robert_proto::api::*;
 use robert_proto::*;
+use robert_server::metrics::Replay;
 use robert_server::storage::Storage;
 use robert_server::token::Purpose;
 
@@ -235,6 +236,36 @@ async fn registration_checks() {
     let p: serde_json::Value = resp.json().await.expect("json");
     assert_eq!(p["field"], "clientPublicKey");
     assert_eq!(server.service.storage().stats().await.expect("stats").users, 1);
+    server.stop().await;
+}
+
+/// A challenge is accepted once across a restart too: the process's replay cache is gone, and
+/// the spend stored with the registration (one storage call) refuses it; nothing is stored.
+#[tokio::test]
+async fn registration_challenge_is_spent_durably() {
+    let server = TestServer::start(test_config()).await;
+    let ch: ChallengeResponse =
+        server.post("/api/v1/register/challenge", &()).await.json().await.expect("json");
+    let challenge = b64_decode("challenge", &ch.challenge).expect("b64");
+    let solution = pow::solve(&challenge, ch.difficulty, 0).expect("solvable");
+    let register = |key: &AppEphemeralKey| RegisterRequest {
+        challenge: ch.challenge.clone(),
+        solution: b64_encode(&solution),
+        client_public_key: b64_encode(key.public_key().as_bytes()),
+    };
+    let first = AppEphemeralKey::generate(&mut rand::rng());
+    assert_eq!(server.post("/api/v1/register", &register(&first)).await.status(), 201);
+    // Replayed in the same process (with another key): refused before any storage write.
+    let second = AppEphemeralKey::generate(&mut rand::rng());
+    assert_rejected(server.post("/api/v1/register", &register(&second)).await).await;
+
+    let now = server.now();
+    let dir = server.stop_keeping_data().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let server = TestServer::start_on_at(test_config(), dir, listener, now).await;
+    assert_rejected(server.post("/api/v1/register", &register(&second)).await).await;
+    assert_eq!(server.service.storage().stats().await.expect("stats").users, 1, "the replay stored nothing");
+    assert_eq!(server.service.metrics().replays_refused(Replay::Challenge), 1);
     server.stop().await;
 }
 

@@ -21,8 +21,8 @@
 //! data is derived deterministically; no randomness, no clock.
 
 use super::{
-    ExpiryStats, Exposure, OutboundBatch, PoolEntry, ProcessedBatch, Stats, StatusOutcome, Storage, TokenUse,
-    UserRecord,
+    ExpiryStats, Exposure, OutboundBatch, PoolEntry, ProcessedBatch, RegisterOutcome, Stats, StatusOutcome,
+    Storage, TokenUse, UserRecord,
 };
 use robert_proto::{CountryCode, Epoch, Id};
 use std::future::{Future, poll_fn};
@@ -43,6 +43,8 @@ pub async fn run_all<S: Storage>(make: impl Fn() -> S) {
     run!(
         insert_user_is_exclusive,
         spend_token_is_single_use,
+        register_user_is_one_transaction,
+        concurrent_registrations_spend_once,
         load_user_keys_returns_registered_only,
         status_request_unknown_is_rejected,
         status_request_first_is_not_held_back,
@@ -253,6 +255,71 @@ pub async fn spend_token_is_single_use<S: Storage>(s: &S) {
         s.spend_token(token("pow:abc", LATER)).await.expect("spend_token"),
         "a forgotten value can be spent again"
     );
+}
+
+/// `register_user`: spends the challenge and registers the ID together; a spent challenge changes
+/// nothing (no user), a taken ID changes nothing (the challenge stays spendable); the challenge
+/// shares the token namespace.
+pub async fn register_user_is_one_transaction<S: Storage>(s: &S) {
+    let (a, b, c) = (id(1), id(2), id(3));
+    assert_eq!(
+        s.register_user(token("pow:r1", 100), a, keys(1)).await.expect("register_user"),
+        RegisterOutcome::Registered,
+        "a fresh challenge and a free ID"
+    );
+    assert_eq!(must_load(s, a).await, fresh_record(1), "register_user: the record is insert_user's");
+    assert!(!s.spend_token(token("pow:r1", LATER)).await.expect("spend_token"), "register_user spent it");
+
+    assert_eq!(
+        s.register_user(token("pow:r1", LATER), b, keys(2)).await.expect("register_user"),
+        RegisterOutcome::TokenSpent,
+        "a spent challenge is refused"
+    );
+    assert_eq!(s.load_user(b).await.expect("load_user"), None, "a refused challenge registers nothing");
+
+    assert_eq!(
+        s.register_user(token("pow:r2", 100), a, keys(3)).await.expect("register_user"),
+        RegisterOutcome::IdTaken,
+        "a taken ID is refused"
+    );
+    assert_eq!(must_load(s, a).await, fresh_record(1), "a taken ID's record is unchanged");
+    assert_eq!(
+        s.register_user(token("pow:r2", 100), c, keys(3)).await.expect("register_user"),
+        RegisterOutcome::Registered,
+        "after IdTaken the same challenge registers another ID"
+    );
+    assert_eq!(must_load(s, c).await, fresh_record(3));
+
+    declare(s, "jwt:declared", &[1]).await;
+    assert_eq!(
+        s.register_user(token("jwt:declared", LATER), b, keys(2)).await.expect("register_user"),
+        RegisterOutcome::TokenSpent,
+        "one namespace with declarations"
+    );
+    assert_eq!(s.load_user(b).await.expect("load_user"), None);
+    assert_eq!(stats(s).await.users, 2);
+    // The spent challenges are forgotten by `expire` like any used token.
+    let removed = s.expire(ep(0), 101, 0).await.expect("expire");
+    assert_eq!(removed.tokens, 2, "pow:r1 and pow:r2 expire at 100");
+}
+
+/// `register_user`: of concurrent registrations with one challenge (each with its own ID), exactly
+/// one registers; the others register nothing.
+pub async fn concurrent_registrations_spend_once<S: Storage>(s: &S) {
+    let outcomes = join_all(
+        (0..8u8)
+            .map(|n| s.register_user(token("pow:race", LATER), id(100 + u64::from(n)), keys(n)))
+            .collect(),
+    )
+    .await;
+    let outcomes: Vec<RegisterOutcome> = outcomes.into_iter().map(|o| o.expect("register_user")).collect();
+    assert_eq!(
+        outcomes.iter().filter(|o| **o == RegisterOutcome::Registered).count(),
+        1,
+        "one winner: {outcomes:?}"
+    );
+    assert!(outcomes.iter().all(|o| matches!(o, RegisterOutcome::Registered | RegisterOutcome::TokenSpent)));
+    assert_eq!(stats(s).await.users, 1, "the losers registered nothing");
 }
 
 /// `load_user_keys`: the wrapped keys of the registered IDs among those asked, in any order;

@@ -15,8 +15,8 @@
 use super::id_table::IdTable;
 pub use super::id_table::LayoutEstimate;
 use super::{
-    ExpiryStats, OutboundBatch, PoolEntry, ProcessedBatch, Result, Stats, StatusOutcome, Storage,
-    StorageError, TokenUse, UserRecord,
+    ExpiryStats, OutboundBatch, PoolEntry, ProcessedBatch, RegisterOutcome, Result, Stats, StatusOutcome,
+    Storage, StorageError, TokenUse, UserRecord,
 };
 use robert_proto::{CountryCode, Epoch, Id};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -80,6 +80,19 @@ impl Storage for MemoryStorage {
         }
         state.used_tokens.insert(token.jti, token.expires_unix);
         Ok(true)
+    }
+
+    async fn register_user(&self, token: TokenUse, id: Id, wrapped_keys: Vec<u8>) -> Result<RegisterOutcome> {
+        // Under the one lock: the token is checked, the ID inserted if free, then the token spent.
+        let mut state = self.lock()?;
+        if state.used_tokens.contains_key(&token.jti) {
+            return Ok(RegisterOutcome::TokenSpent);
+        }
+        if !state.users.insert(id, wrapped_keys) {
+            return Ok(RegisterOutcome::IdTaken);
+        }
+        state.used_tokens.insert(token.jti, token.expires_unix);
+        Ok(RegisterOutcome::Registered)
     }
 
     async fn load_user(&self, id: Id) -> Result<Option<UserRecord>> {

@@ -105,6 +105,18 @@ pub enum StatusOutcome {
     Rejected,
 }
 
+/// Outcome of [`Storage::register_user`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegisterOutcome {
+    /// The challenge was spent and the ID registered, in one transaction.
+    Registered,
+    /// The challenge was already spent (a replay): nothing changed.
+    TokenSpent,
+    /// The ID is already taken: nothing changed (the challenge is still unspent); the caller draws
+    /// another ID and calls again.
+    IdTaken,
+}
+
 /// A single-use token being spent: its `jti` is remembered until `expires_unix`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenUse {
@@ -196,6 +208,41 @@ pub trait Storage: Send + Sync + 'static {
     /// nothing if it was already spent. Shares its namespace with report and reset tokens (callers
     /// prefix their values, e.g. `pow:` and `jwt:`).
     fn spend_token(&self, token: TokenUse) -> impl Future<Output = Result<bool>> + Send;
+
+    /// A registration's two writes (§3.3, §3.2, DESIGN §4) as one atomic transaction, durable when
+    /// it returns: spends `token` (the proof-of-work challenge, accepted once) and registers `id`
+    /// with its wrapped keys as [`Storage::insert_user`] does.
+    /// - `token.jti` already spent → [`RegisterOutcome::TokenSpent`], nothing changes;
+    /// - `id` already taken → [`RegisterOutcome::IdTaken`], nothing changes (the token stays
+    ///   unspent, so the caller can draw another ID and call again with the same token);
+    /// - otherwise both writes → [`RegisterOutcome::Registered`].
+    ///
+    /// One call, one commit (one fsync) per registration instead of two. The default
+    /// implementation composes the other methods and is **not** one transaction: it checks the ID
+    /// with [`Storage::load_user`], then spends the token, then inserts. It is exact except when
+    /// another registration takes the same ID between the check and the insert (two concurrent
+    /// draws of one 40-bit ID); then it answers `IdTaken` with the token already spent, and the
+    /// caller's retry sees `TokenSpent`. Backends override it with one transaction.
+    fn register_user(
+        &self,
+        token: TokenUse,
+        id: Id,
+        wrapped_keys: Vec<u8>,
+    ) -> impl Future<Output = Result<RegisterOutcome>> + Send {
+        async move {
+            if self.load_user(id).await?.is_some() {
+                return Ok(RegisterOutcome::IdTaken);
+            }
+            if !self.spend_token(token).await? {
+                return Ok(RegisterOutcome::TokenSpent);
+            }
+            Ok(if self.insert_user(id, wrapped_keys).await? {
+                RegisterOutcome::Registered
+            } else {
+                RegisterOutcome::IdTaken
+            })
+        }
+    }
 
     /// The record of `id`, or `None` if it is not registered.
     fn load_user(&self, id: Id) -> impl Future<Output = Result<Option<UserRecord>>> + Send;

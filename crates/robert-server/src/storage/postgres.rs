@@ -48,8 +48,8 @@
 //! constraints), never its DETAIL (which can quote a key) nor a bound value.
 
 use super::{
-    ExpiryStats, Exposure, OutboundBatch, PoolEntry, ProcessedBatch, Result, Stats, StatusOutcome, Storage,
-    StorageError, TokenUse, UserRecord,
+    ExpiryStats, Exposure, OutboundBatch, PoolEntry, ProcessedBatch, RegisterOutcome, Result, Stats,
+    StatusOutcome, Storage, StorageError, TokenUse, UserRecord,
 };
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Transaction};
 use robert_proto::{CountryCode, Epoch, Id};
@@ -644,6 +644,32 @@ impl Storage for PostgresStorage {
                     )
                     .await?;
                 Ok(c.execute(&stmt, &[&token.jti, &unix_sql(token.expires_unix)]).await? == 1)
+            })
+        })
+        .await
+    }
+
+    async fn register_user(&self, token: TokenUse, id: Id, wrapped_keys: Vec<u8>) -> Result<RegisterOutcome> {
+        self.transaction("register user", false, &(token, wrapped_keys), move |tx, data| {
+            Box::pin(async move {
+                let (token, keys) = data;
+                // The ID first: a taken ID changes nothing (the token stays unspent for the retry).
+                let insert = tx
+                    .prepare_cached(
+                        "INSERT INTO users (id, keys) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
+                    )
+                    .await?;
+                if tx.execute(&insert, &[&id_sql(id), keys]).await? == 0 {
+                    return Ok(RegisterOutcome::IdTaken);
+                }
+                if !spend_token(tx, token).await? {
+                    // A replayed challenge: take back the row this transaction inserted, so that
+                    // it commits nothing.
+                    let undo = tx.prepare_cached("DELETE FROM users WHERE id = $1").await?;
+                    tx.execute(&undo, &[&id_sql(id)]).await?;
+                    return Ok(RegisterOutcome::TokenSpent);
+                }
+                Ok(RegisterOutcome::Registered)
             })
         })
         .await
