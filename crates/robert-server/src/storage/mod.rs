@@ -217,32 +217,13 @@ pub trait Storage: Send + Sync + 'static {
     ///   unspent, so the caller can draw another ID and call again with the same token);
     /// - otherwise both writes → [`RegisterOutcome::Registered`].
     ///
-    /// One call, one commit (one fsync) per registration instead of two. The default
-    /// implementation composes the other methods and is **not** one transaction: it checks the ID
-    /// with [`Storage::load_user`], then spends the token, then inserts. It is exact except when
-    /// another registration takes the same ID between the check and the insert (two concurrent
-    /// draws of one 40-bit ID); then it answers `IdTaken` with the token already spent, and the
-    /// caller's retry sees `TokenSpent`. Backends override it with one transaction.
+    /// One call, one commit (one fsync) per registration instead of two.
     fn register_user(
         &self,
         token: TokenUse,
         id: Id,
         wrapped_keys: Vec<u8>,
-    ) -> impl Future<Output = Result<RegisterOutcome>> + Send {
-        async move {
-            if self.load_user(id).await?.is_some() {
-                return Ok(RegisterOutcome::IdTaken);
-            }
-            if !self.spend_token(token).await? {
-                return Ok(RegisterOutcome::TokenSpent);
-            }
-            Ok(if self.insert_user(id, wrapped_keys).await? {
-                RegisterOutcome::Registered
-            } else {
-                RegisterOutcome::IdTaken
-            })
-        }
-    }
+    ) -> impl Future<Output = Result<RegisterOutcome>> + Send;
 
     /// The record of `id`, or `None` if it is not registered.
     fn load_user(&self, id: Id) -> impl Future<Output = Result<Option<UserRecord>>> + Send;

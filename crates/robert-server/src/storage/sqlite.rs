@@ -48,8 +48,8 @@
 use super::id_table::{IdTable, add_exposure};
 use super::status_journal::{Journal, Pending};
 use super::{
-    ExpiryStats, Exposure, OutboundBatch, PoolEntry, ProcessedBatch, Result, Stats, StatusOutcome, Storage,
-    StorageError, TokenUse, UserRecord,
+    ExpiryStats, Exposure, OutboundBatch, PoolEntry, ProcessedBatch, RegisterOutcome, Result, Stats,
+    StatusOutcome, Storage, StorageError, TokenUse, UserRecord,
 };
 use robert_proto::{CountryCode, Epoch, Id};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
@@ -1038,6 +1038,22 @@ impl Storage for SqliteStorage {
             conn.prepare_cached("INSERT INTO users (id, keys) VALUES (?1, ?2)")?
                 .execute(params![id_sql(id), &wrapped_keys])?;
             Ok(write_table(table).insert(id, wrapped_keys))
+        })
+        .await
+    }
+
+    async fn register_user(&self, token: TokenUse, id: Id, wrapped_keys: Vec<u8>) -> Result<RegisterOutcome> {
+        self.write_table("register user", Mode::Savepoint, move |conn, table| {
+            if read_table(table).contains(id) {
+                return Ok(RegisterOutcome::IdTaken);
+            }
+            if !spend_token(conn, &token)? {
+                return Ok(RegisterOutcome::TokenSpent);
+            }
+            conn.prepare_cached("INSERT INTO users (id, keys) VALUES (?1, ?2)")?
+                .execute(params![id_sql(id), &wrapped_keys])?;
+            write_table(table).insert(id, wrapped_keys);
+            Ok(RegisterOutcome::Registered)
         })
         .await
     }
