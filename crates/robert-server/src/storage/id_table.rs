@@ -43,8 +43,10 @@ struct User {
     notified: bool,
     acknowledged: bool,
     last_status_epoch: Option<Epoch>,
-    /// LEE_A keyed by epoch, so it comes out in increasing epoch order.
-    exposures: BTreeMap<Epoch, Exposure>,
+    /// LEE_A keyed by epoch, so it comes out in increasing epoch order; `None` when empty (most
+    /// users): a pointer rather than an empty map keeps a user within 128 bytes, one size class
+    /// of the allocator lower.
+    exposures: Option<Box<BTreeMap<Epoch, Exposure>>>,
 }
 
 /// [`IdTable::layout_estimate`]'s answer.
@@ -76,8 +78,9 @@ pub(crate) fn add_exposure(into: &mut Exposure, more: &Exposure) {
 impl IdTable {
     /// What `n` registered IDs without exposures occupy, from this table's layout: the buckets
     /// (hashbrown: a power of two, at most 7/8 full, one control byte per bucket, each holding an
-    /// ID and a box) plus one heap chunk per user (glibc malloc: the request plus an 8-byte
-    /// header, rounded up to 16).
+    /// ID and a box) plus one heap chunk per user (the request plus 8 bytes, rounded up to 16:
+    /// glibc's malloc; mimalloc, the `robert` binary's allocator, has the same size class for a
+    /// user, 128 bytes).
     pub(crate) fn layout_estimate(n: usize) -> LayoutEstimate {
         let bucket_bytes = std::mem::size_of::<(Id, Box<User>)>() + 1;
         let buckets = (n.max(1) * 8).div_ceil(7).next_power_of_two();
@@ -113,7 +116,7 @@ impl IdTable {
                 notified: false,
                 acknowledged: false,
                 last_status_epoch: None,
-                exposures: BTreeMap::new(),
+                exposures: None,
             }),
         );
         true
@@ -135,7 +138,7 @@ impl IdTable {
                 notified,
                 acknowledged,
                 last_status_epoch,
-                exposures: BTreeMap::new(),
+                exposures: None,
             }),
         );
     }
@@ -147,7 +150,7 @@ impl IdTable {
             notified: user.notified,
             acknowledged: user.acknowledged,
             last_status_epoch: user.last_status_epoch,
-            exposures: user.exposures.values().copied().collect(),
+            exposures: user.exposures.iter().flat_map(|lee| lee.values().copied()).collect(),
         })
     }
 
@@ -221,7 +224,7 @@ impl IdTable {
         };
         user.notified = false;
         user.acknowledged = false;
-        user.exposures.clear();
+        user.exposures = None;
         true
     }
 
@@ -235,7 +238,7 @@ impl IdTable {
         let Some(user) = self.users.get_mut(&id) else {
             return false;
         };
-        user.exposures.clear();
+        user.exposures = None;
         true
     }
 
@@ -245,7 +248,11 @@ impl IdTable {
         let Some(user) = self.users.get_mut(&id) else {
             return false;
         };
-        user.exposures.entry(exposure.epoch).and_modify(|e| add_exposure(e, exposure)).or_insert(*exposure);
+        user.exposures
+            .get_or_insert_default()
+            .entry(exposure.epoch)
+            .and_modify(|e| add_exposure(e, exposure))
+            .or_insert(*exposure);
         true
     }
 
@@ -253,10 +260,14 @@ impl IdTable {
     pub(crate) fn expire(&mut self, before: Epoch) -> u64 {
         let mut removed = 0;
         for user in self.users.values_mut() {
-            if user.exposures.first_key_value().is_some_and(|(epoch, _)| *epoch < before) {
-                let n = user.exposures.len();
-                user.exposures.retain(|epoch, _| *epoch >= before);
-                removed += (n - user.exposures.len()) as u64;
+            let Some(lee) = user.exposures.as_mut() else { continue };
+            if lee.first_key_value().is_some_and(|(epoch, _)| *epoch < before) {
+                let n = lee.len();
+                lee.retain(|epoch, _| *epoch >= before);
+                removed += (n - lee.len()) as u64;
+                if lee.is_empty() {
+                    user.exposures = None;
+                }
             }
         }
         removed
@@ -285,6 +296,11 @@ mod tests {
 
     fn exposure(n: u32, hellos: u32) -> Exposure {
         Exposure { epoch: epoch(n), hellos, rssi_sum: -60 * i64::from(hellos), rssi_count: hellos }
+    }
+
+    #[test]
+    fn a_user_fits_in_128_bytes() {
+        assert!(std::mem::size_of::<User>() <= 120, "{} bytes", std::mem::size_of::<User>());
     }
 
     #[test]
