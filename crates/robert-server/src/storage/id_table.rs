@@ -46,6 +46,7 @@ struct User {
     /// LEE_A keyed by epoch, so it comes out in increasing epoch order; `None` when empty (most
     /// users): a pointer rather than an empty map keeps a user within 128 bytes, one size class
     /// of the allocator lower.
+    #[allow(clippy::box_collection, reason = "8 bytes in the user instead of 24: see above")]
     exposures: Option<Box<BTreeMap<Epoch, Exposure>>>,
 }
 
