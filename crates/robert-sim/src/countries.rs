@@ -52,9 +52,9 @@ use crate::engine::{
     run_ops,
 };
 use crate::epidemic::{Epidemic, SimTime};
-use crate::population::{Contact, DAY, Person, Population, Setting};
+use crate::population::{Contact, DAY, Population, Whereabouts};
 use crate::radio;
-use crate::rng::{Stream, Tag, crypto_rng, hash, unit};
+use crate::rng::{Tag, crypto_rng, hash, unit};
 use crate::server::{SERVICE_START_NTP, TimeMap, app_config, ntp, server_config};
 use crate::truth::Truth;
 use rayon::prelude::*;
@@ -134,17 +134,18 @@ impl World {
     pub fn contacts(&self, cfg: &SimConfig, day: u32, present: &[bool]) -> Day {
         let people = &self.pop.people;
         let working_day = day % 7 < 5;
-        let day_start = day * DAY;
-        let loc: Vec<u8> = (0..people.len() as u32)
+        let place: Vec<u8> = (0..people.len() as u32)
             .into_par_iter()
             .map(|p| {
                 let home = self.home[p as usize];
                 if present[p as usize] { self.abroad(cfg, p, day).unwrap_or(home) } else { home }
             })
             .collect();
+        let at_home: Vec<bool> = place.iter().zip(&self.home).map(|(here, home)| here == home).collect();
+        // At home: commuters ride on working days; abroad: a traveller rides on half the days.
         let rides = |p: u32| -> bool {
             let i = p as usize;
-            if loc[i] == self.home[i] {
+            if at_home[i] {
                 working_day && people[i].commuter
             } else {
                 unit(hash(cfg.seed, Tag::Travel, u64::from(p), 3, u64::from(day), 0)) < 0.5
@@ -153,88 +154,16 @@ impl World {
         let n = self.countries.len();
         let mut here: Vec<Vec<u32>> = vec![Vec::new(); n];
         let mut riders: Vec<Vec<u32>> = vec![Vec::new(); n];
-        let mut abroad = 0;
         for p in 0..people.len() as u32 {
-            let c = usize::from(loc[p as usize]);
+            let c = usize::from(place[p as usize]);
             here[c].push(p);
             if rides(p) {
                 riders[c].push(p);
             }
-            abroad += u64::from(loc[p as usize] != self.home[p as usize]);
         }
-        let per_person: Vec<Vec<Contact>> = (0..people.len() as u32)
-            .into_par_iter()
-            .map(|a| {
-                let mut s = Stream::new(cfg.seed, Tag::Contacts, u64::from(day), u64::from(a), 0);
-                let mut out = Vec::new();
-                let me: Person = people[a as usize];
-                let at_home = |p: u32| loc[p as usize] == self.home[p as usize];
-                // Household: every pair at home meets every evening (started by the lower index).
-                let (_, h1) = self.pop.households[me.household as usize];
-                for b in a + 1..h1 {
-                    let start = s.range(18 * 3600, 22 * 3600) as u32;
-                    let duration = s.range(20 * 60, 60 * 60) as u32;
-                    let distance_dm = s.range(5, 21) as u16;
-                    if at_home(a) && at_home(b) {
-                        out.push(Contact {
-                            a,
-                            b,
-                            start: day_start + start,
-                            duration,
-                            distance_dm,
-                            setting: Setting::Household,
-                        });
-                    }
-                }
-                if !present[a as usize] {
-                    return out;
-                }
-                let push = |out: &mut Vec<Contact>,
-                            b: u32,
-                            start: u64,
-                            dur: (u64, u64),
-                            dist: (u64, u64),
-                            setting,
-                            s: &mut Stream,
-                            ok: bool| {
-                    let duration = s.range(dur.0, dur.1) as u32;
-                    let distance_dm = s.range(dist.0, dist.1) as u16;
-                    if ok && b != a && present[b as usize] {
-                        let start = (start as u32).min(DAY - duration);
-                        out.push(Contact { a, b, start: day_start + start, duration, distance_dm, setting });
-                    }
-                };
-                let c = usize::from(loc[a as usize]);
-                if working_day
-                    && at_home(a)
-                    && let Some(w) = me.workplace
-                {
-                    let members = &self.pop.workplaces[w as usize];
-                    for _ in 0..cfg.work_contacts {
-                        let b = members[s.range(0, members.len() as u64) as usize];
-                        let start = s.range(8 * 3600, 17 * 3600);
-                        let ok = at_home(b);
-                        push(&mut out, b, start, (5 * 60, 40 * 60), (10, 31), Setting::Work, &mut s, ok);
-                    }
-                }
-                if rides(a) && !riders[c].is_empty() {
-                    let b = riders[c][s.range(0, riders[c].len() as u64) as usize];
-                    let start = if s.chance(0.5) {
-                        s.range(7 * 3600, 9 * 3600)
-                    } else {
-                        s.range(17 * 3600, 19 * 3600)
-                    };
-                    push(&mut out, b, start, (5 * 60, 25 * 60), (10, 41), Setting::Transport, &mut s, true);
-                }
-                for _ in 0..s.poisson(cfg.random_contacts) {
-                    let b = here[c][s.range(0, here[c].len() as u64) as usize];
-                    let start = s.range(9 * 3600, 21 * 3600);
-                    push(&mut out, b, start, (60, 15 * 60), (10, 51), Setting::Random, &mut s, true);
-                }
-                out
-            })
-            .collect();
-        Day { contacts: per_person.into_iter().flatten().collect(), abroad }
+        let abroad = at_home.iter().filter(|&&home| !home).count() as u64;
+        let whereabouts = Whereabouts { at_home, place, here, riders };
+        Day { contacts: self.pop.contacts_in(cfg, day, present, &whereabouts), abroad }
     }
 }
 
@@ -941,6 +870,7 @@ fn esr_round<S: Storage>(
 mod tests {
     use super::*;
     use crate::config::Country;
+    use crate::population::Setting;
 
     fn cfg() -> SimConfig {
         SimConfig {

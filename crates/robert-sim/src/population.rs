@@ -181,9 +181,25 @@ impl Population {
         self.phone_owner.len()
     }
 
-    /// The contacts of `day`, in a deterministic order. `present[p]` is false for a person who
-    /// isolates that day: they only meet their household.
+    /// The contacts of `day`, in a deterministic order, everyone in their own country.
+    /// `present[p]` is false for a person who isolates that day: they only meet their household.
     pub fn contacts(&self, cfg: &SimConfig, day: u32, present: &[bool]) -> Vec<Contact> {
+        let riders = if day % 7 < 5 { self.commuters.clone() } else { Vec::new() };
+        let everyone_home = Whereabouts {
+            at_home: vec![true; self.people.len()],
+            place: vec![0; self.people.len()],
+            here: vec![(0..self.people.len() as u32).collect()],
+            riders: vec![riders],
+        };
+        self.contacts_in(cfg, day, present, &everyone_home)
+    }
+
+    /// The contacts of `day` with everyone where `w` puts them (one generator for one country
+    /// and for several, [`crate::countries`]): households meet when both are at home, colleagues
+    /// when both are in their own country, travellers ride and meet at random among the people
+    /// of the place they are in. `present[p]` is false for a person who isolates that day: they
+    /// only meet their household.
+    pub fn contacts_in(&self, cfg: &SimConfig, day: u32, present: &[bool], w: &Whereabouts) -> Vec<Contact> {
         let working_day = day % 7 < 5;
         let day_start = day * DAY;
         let per_person: Vec<Vec<Contact>> = (0..self.people.len() as u32)
@@ -192,20 +208,23 @@ impl Population {
                 let mut s = Stream::new(cfg.seed, Tag::Contacts, u64::from(day), u64::from(a), 0);
                 let mut out = Vec::new();
                 let me = self.people[a as usize];
-                // Household: every pair meets every evening (started by the lower index).
+                let at_home = |p: u32| w.at_home[p as usize];
+                // Household: every pair at home meets every evening (started by the lower index).
                 let (_, h1) = self.households[me.household as usize];
                 for b in a + 1..h1 {
                     let start = s.range(18 * 3600, 22 * 3600) as u32;
                     let duration = s.range(20 * 60, 60 * 60) as u32;
                     let distance_dm = s.range(5, 21) as u16;
-                    out.push(Contact {
-                        a,
-                        b,
-                        start: day_start + start,
-                        duration,
-                        distance_dm,
-                        setting: Setting::Household,
-                    });
+                    if at_home(a) && at_home(b) {
+                        out.push(Contact {
+                            a,
+                            b,
+                            start: day_start + start,
+                            duration,
+                            distance_dm,
+                            setting: Setting::Household,
+                        });
+                    }
                 }
                 if !present[a as usize] {
                     return out;
@@ -216,41 +235,63 @@ impl Population {
                             dur: (u64, u64),
                             dist: (u64, u64),
                             setting,
-                            s: &mut Stream| {
+                            s: &mut Stream,
+                            ok: bool| {
                     let duration = s.range(dur.0, dur.1) as u32;
                     let distance_dm = s.range(dist.0, dist.1) as u16;
-                    if b != a && present[b as usize] {
+                    if ok && b != a && present[b as usize] {
                         let start = (start as u32).min(DAY - duration);
                         out.push(Contact { a, b, start: day_start + start, duration, distance_dm, setting });
                     }
                 };
-                if working_day && let Some(w) = me.workplace {
-                    let members = &self.workplaces[w as usize];
+                if working_day
+                    && at_home(a)
+                    && let Some(wp) = me.workplace
+                {
+                    let members = &self.workplaces[wp as usize];
                     for _ in 0..cfg.work_contacts {
                         let b = members[s.range(0, members.len() as u64) as usize];
                         let start = s.range(8 * 3600, 17 * 3600);
-                        push(&mut out, b, start, (5 * 60, 40 * 60), (10, 31), Setting::Work, &mut s);
+                        let ok = at_home(b);
+                        push(&mut out, b, start, (5 * 60, 40 * 60), (10, 31), Setting::Work, &mut s, ok);
                     }
                 }
-                if working_day && me.commuter && !self.commuters.is_empty() {
-                    let b = self.commuters[s.range(0, self.commuters.len() as u64) as usize];
+                let place = usize::from(w.place[a as usize]);
+                let riders = &w.riders[place];
+                if !riders.is_empty() && riders.binary_search(&a).is_ok() {
+                    let b = riders[s.range(0, riders.len() as u64) as usize];
                     let start = if s.chance(0.5) {
                         s.range(7 * 3600, 9 * 3600)
                     } else {
                         s.range(17 * 3600, 19 * 3600)
                     };
-                    push(&mut out, b, start, (5 * 60, 25 * 60), (10, 41), Setting::Transport, &mut s);
+                    push(&mut out, b, start, (5 * 60, 25 * 60), (10, 41), Setting::Transport, &mut s, true);
                 }
+                let here = &w.here[place];
                 for _ in 0..s.poisson(cfg.random_contacts) {
-                    let b = s.range(0, self.people.len() as u64) as u32;
+                    let b = here[s.range(0, here.len() as u64) as usize];
                     let start = s.range(9 * 3600, 21 * 3600);
-                    push(&mut out, b, start, (60, 15 * 60), (10, 51), Setting::Random, &mut s);
+                    push(&mut out, b, start, (60, 15 * 60), (10, 51), Setting::Random, &mut s, true);
                 }
                 out
             })
             .collect();
         per_person.into_iter().flatten().collect()
     }
+}
+
+/// Where everyone is on one day, for [`Population::contacts_in`]. Places are indices (one country:
+/// one place; several: one per country).
+#[derive(Debug, Clone)]
+pub struct Whereabouts {
+    /// Whether each person is in their own country (meets their household, goes to work).
+    pub at_home: Vec<bool>,
+    /// The place each person is in.
+    pub place: Vec<u8>,
+    /// The people in each place, in increasing index order (random contacts are drawn here).
+    pub here: Vec<Vec<u32>>,
+    /// The people riding public transport in each place, in increasing index order.
+    pub riders: Vec<Vec<u32>>,
 }
 
 fn household_size(s: &mut Stream, max: u32) -> u32 {
