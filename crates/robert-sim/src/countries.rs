@@ -48,12 +48,11 @@
 use crate::SimError;
 use crate::config::{Country, SimConfig};
 use crate::engine::{
-    self, Accuracy, EPOCH_SEC, Op, OpResult, Phones, ProtocolStats, RunResult, SLOTS, esr_slot, phone,
+    self, Accuracy, EPOCH_SEC, Op, OpResult, Phones, ProtocolStats, RunResult, SLOTS, esr_schedule, phone,
     run_ops,
 };
 use crate::epidemic::{Epidemic, SimTime};
 use crate::population::{Contact, DAY, Population, Whereabouts};
-use crate::radio;
 use crate::rng::{Tag, crypto_rng, hash, unit};
 use crate::server::{SERVICE_START_NTP, TimeMap, app_config, ntp, server_config};
 use crate::truth::Truth;
@@ -587,10 +586,7 @@ pub fn run_traced<S: Storage>(
         }
     }
 
-    let mut esr_by_slot: Vec<Vec<u32>> = vec![Vec::new(); SLOTS as usize];
-    for i in 0..n_phones as u32 {
-        esr_by_slot[esr_slot(cfg.seed, i) as usize].push(i);
-    }
+    let esr_by_slot = esr_schedule(cfg.seed, n_phones);
     let mut declared = vec![false; pop.people.len()];
     let mut notified_at: Vec<Option<SimTime>> = vec![None; n_phones];
     let mut exposed_at: Vec<Option<SimTime>> = vec![None; n_phones];
@@ -623,15 +619,8 @@ pub fn run_traced<S: Storage>(
                     && world.home[c.a as usize] != world.home[c.b as usize]
             })
             .count() as u64;
-        let (receptions, pcs, rs) = radio::receptions(cfg, &phone_of, &d.contacts);
-        stats.radio.possible += rs.possible;
-        stats.radio.lost += rs.lost;
-        truth.add_contacts(pcs);
-        let mut by_slot: Vec<Vec<radio::Reception>> = vec![Vec::new(); SLOTS as usize];
-        for r in receptions {
-            let slot = ((r.t - day * DAY) / EPOCH_SEC).min(SLOTS - 1);
-            by_slot[slot as usize].push(r);
-        }
+        let mut by_slot =
+            engine::day_receptions(cfg, &phone_of, &d.contacts, day, &mut stats.radio, &mut truth);
 
         for slot in 0..SLOTS {
             let slot_start = day_start + SimTime::from(slot * EPOCH_SEC);

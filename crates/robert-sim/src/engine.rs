@@ -263,6 +263,15 @@ pub(crate) fn esr_slot(seed: u64, i: u32) -> u32 {
     SLOTS / 2 + (hash(seed, Tag::Schedule, u64::from(i), 2, 0, 0) % u64::from(SLOTS / 2)) as u32
 }
 
+/// The phones that send their ESR in each epoch slot of a day ([`esr_slot`]), in phone order.
+pub(crate) fn esr_schedule(seed: u64, n_phones: usize) -> Vec<Vec<u32>> {
+    let mut by_slot: Vec<Vec<u32>> = vec![Vec::new(); SLOTS as usize];
+    for i in 0..n_phones as u32 {
+        by_slot[esr_slot(seed, i) as usize].push(i);
+    }
+    by_slot
+}
+
 /// Runs the epidemic with tracing: every phone a real App, the server `server`.
 pub fn run_traced<V: SimServer>(
     cfg: &SimConfig,
@@ -297,10 +306,7 @@ pub fn run_traced<V: SimServer>(
     let ebids_until = phones.first().and_then(|p| p.try_lock().ok().and_then(|a| a.ebids_until()));
     let map = server.time_map(rt, ebids_until)?;
 
-    let mut esr_by_slot: Vec<Vec<u32>> = vec![Vec::new(); SLOTS as usize];
-    for i in 0..n_phones as u32 {
-        esr_by_slot[esr_slot(cfg.seed, i) as usize].push(i);
-    }
+    let esr_by_slot = esr_schedule(cfg.seed, n_phones);
     let mut declared = vec![false; pop.people.len()];
     let mut notified_at: Vec<Option<SimTime>> = vec![None; n_phones];
     let mut exposed_at: Vec<Option<SimTime>> = vec![None; n_phones];
@@ -314,15 +320,7 @@ pub fn run_traced<V: SimServer>(
         for (p, t) in epi.transmit(cfg, &contacts) {
             epi.infect(cfg, p, t, has_phone(p));
         }
-        let (receptions, pcs, rs) = radio::receptions(cfg, &phone_of, &contacts);
-        stats.radio.possible += rs.possible;
-        stats.radio.lost += rs.lost;
-        truth.add_contacts(pcs);
-        let mut by_slot: Vec<Vec<Reception>> = vec![Vec::new(); SLOTS as usize];
-        for r in receptions {
-            let slot = ((r.t - day * DAY) / EPOCH_SEC).min(SLOTS - 1);
-            by_slot[slot as usize].push(r);
-        }
+        let mut by_slot = day_receptions(cfg, &phone_of, &contacts, day, &mut stats.radio, &mut truth);
 
         for slot in 0..SLOTS {
             let slot_start = day_start + SimTime::from(slot * EPOCH_SEC);
@@ -438,6 +436,28 @@ pub fn run_traced<V: SimServer>(
 /// One epoch's HELLOs: each sender builds the HELLO of each second it was heard (§5.1), each
 /// receiver stores what it heard, in time order (§5.2). Phones are independent: both halves run
 /// in parallel, and their results do not depend on the order.
+/// The HELLO receptions of `day`'s `contacts` between phones, one list per epoch slot of the day;
+/// the radio counters and the ground truth's phone-to-phone contacts updated.
+pub(crate) fn day_receptions(
+    cfg: &SimConfig,
+    phone_of: &[Option<u32>],
+    contacts: &[Contact],
+    day: u32,
+    radio_stats: &mut RadioStats,
+    truth: &mut Truth,
+) -> Vec<Vec<Reception>> {
+    let (receptions, pcs, rs) = radio::receptions(cfg, phone_of, contacts);
+    radio_stats.possible += rs.possible;
+    radio_stats.lost += rs.lost;
+    truth.add_contacts(pcs);
+    let mut by_slot: Vec<Vec<Reception>> = vec![Vec::new(); SLOTS as usize];
+    for r in receptions {
+        let slot = ((r.t - day * DAY) / EPOCH_SEC).min(SLOTS - 1);
+        by_slot[slot as usize].push(r);
+    }
+    by_slot
+}
+
 fn exchange_hellos(phones: &Phones, map: &TimeMap, recs: Vec<Reception>, stats: &mut ProtocolStats) {
     exchange_hellos_keeping(phones, map, recs, stats, &|_, _| false);
 }
