@@ -110,16 +110,7 @@ impl IdTable {
         if self.users.contains_key(&id) {
             return false;
         }
-        self.users.insert(
-            id,
-            Box::new(User {
-                wrapped_keys: WrappedKeys::new(wrapped_keys),
-                notified: false,
-                acknowledged: false,
-                last_status_epoch: None,
-                exposures: None,
-            }),
-        );
+        self.restore(id, wrapped_keys, false, false, None);
         true
     }
 
