@@ -336,7 +336,7 @@ fn sigkill_during_declarations_loses_nothing_and_counts_nothing_twice() {
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
     )
     .expect("open robert.db");
-    let pool: i64 = db.query_row("SELECT COUNT(*) FROM pool", [], |r| r.get(0)).expect("pool");
+    let pool: i64 = db.query_row("SELECT COUNT(*) FROM pool_declarations", [], |r| r.get(0)).expect("pool");
     assert_eq!(pool, 0, "every pooled pair is processed and erased");
 
     // Each users row to its App, by unwrapping its session keys.

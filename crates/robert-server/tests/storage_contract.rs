@@ -523,7 +523,8 @@ async fn sqlite_keeps_no_uploaded_pair_after_processing() {
         .query_row("SELECT count(*) FROM pragma_table_info('used_tokens')", [], |row| row.get(0))
         .expect("columns");
     assert_eq!(columns, 2, "used_tokens holds the jti and its expiry only");
-    let pool: i64 = conn.query_row("SELECT count(*) FROM pool", [], |row| row.get(0)).expect("pool");
+    let pool: i64 =
+        conn.query_row("SELECT count(*) FROM pool_declarations", [], |row| row.get(0)).expect("pool");
     assert_eq!(pool, 0);
     let exposures: Vec<(i64, i64, i64)> = conn
         .prepare("SELECT id, epoch, hellos FROM exposures")

@@ -9,9 +9,10 @@
 //! footnote 17) are written here once for both.
 
 use super::{Exposure, StatusOutcome, UserRecord};
+use super::{FastMap, FastSet};
 use crate::keystore::WRAPPED_SESSION_KEYS_LEN as WRAPPED_LEN;
 use robert_proto::{Epoch, Id};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 
 /// A user's wrapped keys: inline at the keystore's length (one allocation per user, not two),
 /// boxed otherwise (the storage trait does not fix the length).
@@ -66,7 +67,7 @@ pub struct LayoutEstimate {
 /// The registered IDs and their state. See the [module docs](self).
 #[derive(Default)]
 pub(crate) struct IdTable {
-    users: HashMap<Id, Box<User>>,
+    users: FastMap<Id, Box<User>>,
 }
 
 /// Adds `more` to `into` (one (ID, epoch) of LEE_A summed across HELLOs and declarations).
@@ -148,7 +149,7 @@ impl IdTable {
 
     /// The wrapped keys of those of `ids` that are registered, each ID once.
     pub(crate) fn keys(&self, ids: Vec<Id>) -> Vec<(Id, Vec<u8>)> {
-        let mut seen = HashSet::with_capacity(ids.len());
+        let mut seen = FastSet::with_capacity_and_hasher(ids.len(), Default::default());
         ids.into_iter()
             .filter(|id| seen.insert(*id))
             .filter_map(|id| Some((id, self.users.get(&id)?.wrapped_keys.to_vec())))
@@ -232,6 +233,14 @@ impl IdTable {
         };
         user.exposures = None;
         true
+    }
+
+    /// The epochs of LEE_A of `id`, in increasing order (empty if none, or if not registered).
+    pub(crate) fn exposure_epochs(&self, id: Id) -> Vec<Epoch> {
+        self.users
+            .get(&id)
+            .and_then(|user| user.exposures.as_ref())
+            .map_or_else(Vec::new, |lee| lee.keys().copied().collect())
     }
 
     /// §6.2 step 9: adds `exposure` to LEE_A of `id` (summed with the entry of its epoch, if

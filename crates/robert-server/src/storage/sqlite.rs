@@ -46,6 +46,7 @@
 //! never an ID or key bytes.
 
 use super::id_table::{IdTable, add_exposure};
+use super::sqlite_pool::{self, PoolIndex};
 use super::status_journal::{Journal, Pending};
 use super::{
     ExpiryStats, Exposure, OutboundBatch, PoolEntry, ProcessedBatch, RegisterOutcome, Result, Stats,
@@ -53,7 +54,6 @@ use super::{
 };
 use robert_proto::{CountryCode, Epoch, Id};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -176,6 +176,29 @@ const MIGRATIONS: &[&str] = &[
          sre INTEGER,
          state INTEGER NOT NULL
      );",
+    // 4: the pool one row per declaration (storage/sqlite_pool.rs: `slot(16) ‖ len(2) ‖ record`
+    // per pair), and LEE_A keyed by (epoch, ID): expiry (footnote 17) deletes a range of the
+    // key, so no second index is written with every exposure; an ID's rows are found from the
+    // IDTable in memory.
+    "CREATE TABLE pool_declarations (
+         seq INTEGER PRIMARY KEY,
+         entries BLOB NOT NULL
+     );
+     INSERT INTO pool_declarations (entries)
+         SELECT CAST(slot || unhex(printf('%04x', length(record))) || record AS BLOB) FROM pool;
+     DROP TABLE pool;
+     ALTER TABLE exposures RENAME TO exposures_v3;
+     CREATE TABLE exposures (
+         epoch INTEGER NOT NULL,
+         id INTEGER NOT NULL,
+         hellos INTEGER NOT NULL,
+         rssi_sum INTEGER NOT NULL,
+         rssi_count INTEGER NOT NULL,
+         PRIMARY KEY (epoch, id)
+     ) WITHOUT ROWID;
+     INSERT INTO exposures (epoch, id, hellos, rssi_sum, rssi_count)
+         SELECT epoch, id, hellos, rssi_sum, rssi_count FROM exposures_v3;
+     DROP TABLE exposures_v3;",
 ];
 
 /// The schema version this binary writes.
@@ -228,10 +251,6 @@ fn unix_sql(t: u64) -> i64 {
 fn count_from_sql(v: i64) -> u32 {
     // Counts only grow by addition of u32s; saturate like the reference backend.
     u32::try_from(v.max(0)).unwrap_or(u32::MAX)
-}
-
-fn slot_from_sql(v: Vec<u8>) -> Result<[u8; 16]> {
-    <[u8; 16]>::try_from(v).map_err(|_| StorageError::Backend("stored pool slot malformed".into()))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -325,6 +344,8 @@ struct Writer {
     /// The in-memory IDTable: each command changes it as its last step; reloaded from the
     /// database if a transaction that changed it does not commit.
     table: Arc<RwLock<IdTable>>,
+    /// Which pool row holds each slot; reloaded with the IDTable.
+    pool: Arc<PoolIndex>,
     /// `synchronous = FULL`: commits are paced (see [`COMMIT_PACE`]).
     fsync: bool,
     /// When the last group ended, and whether it had more than one command (see [`COMMIT_PACE`]).
@@ -560,13 +581,17 @@ impl Writer {
         }
     }
 
-    /// After a transaction was lost (rolled back whole, or its commit failed): the journal and
-    /// the IDTable in memory may hold changes that are not in the database; read both back.
+    /// After a transaction was lost (rolled back whole, or its commit failed): the journal, the
+    /// IDTable and the pool index in memory may hold changes that are not in the database; read
+    /// them back.
     fn reload(&self) {
         self.reload_journal();
         match load_table(&self.conn, &self.journal) {
             Ok(table) => *write_table(&self.table) = table,
             Err(e) => tracing::error!(error = %backend("IDTable reload", e), "sqlite writer"),
+        }
+        if let Err(e) = self.pool.reload(&self.conn) {
+            tracing::error!(error = %backend("pool index reload", e), "sqlite writer");
         }
     }
 
@@ -687,6 +712,8 @@ pub struct SqliteStorage {
     journal: Arc<Journal>,
     /// The IDTable: every read of it is answered from here.
     table: Arc<RwLock<IdTable>>,
+    /// Which pool row holds each slot (the writer's; read for the pool's depth).
+    pool: Arc<PoolIndex>,
     /// Held (locked) while the store lives; dropped after the writer thread is joined.
     _lock: std::fs::File,
 }
@@ -751,6 +778,8 @@ impl SqliteStorage {
         journal.reload(&conn).map_err(|e| backend("status journal", e))?;
         let table =
             Arc::new(RwLock::new(load_table(&conn, &journal).map_err(|e| backend("load IDTable", e))?));
+        let pool = Arc::new(PoolIndex::default());
+        pool.reload(&conn).map_err(|e| backend("load pool index", e))?;
 
         let commits = Arc::new(AtomicU64::new(0));
         let (commands, receiver) = mpsc::channel::<Box<dyn Job>>();
@@ -762,6 +791,7 @@ impl SqliteStorage {
             journal: Arc::clone(&journal),
             fold_rows: journal_fold_rows.max(1),
             table: Arc::clone(&table),
+            pool: Arc::clone(&pool),
             fsync,
             last_commit: std::time::Instant::now(),
             last_group_shared: false,
@@ -781,6 +811,7 @@ impl SqliteStorage {
             commits,
             journal,
             table,
+            pool,
             _lock: lock,
         })
     }
@@ -985,6 +1016,17 @@ fn write_table(table: &RwLock<IdTable>) -> std::sync::RwLockWriteGuard<'_, IdTab
     table.write().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Deletes LEE_A of `id` from the file: a point delete per epoch the IDTable lists (the table is
+/// keyed by (epoch, ID)). Leaves the IDTable as it is.
+fn delete_exposures(conn: &Connection, table: &RwLock<IdTable>, id: Id) -> rusqlite::Result<()> {
+    let epochs = read_table(table).exposure_epochs(id);
+    let mut delete = conn.prepare_cached("DELETE FROM exposures WHERE epoch = ?1 AND id = ?2")?;
+    for epoch in epochs {
+        delete.execute(params![epoch.number(), id_sql(id)])?;
+    }
+    Ok(())
+}
+
 /// Remembers `token` unless its `jti` is already known; `false` if it was.
 fn spend_token(conn: &Connection, token: &TokenUse) -> rusqlite::Result<bool> {
     let mut stmt = conn.prepare_cached(
@@ -1113,7 +1155,7 @@ impl Storage for SqliteStorage {
             }
             conn.prepare_cached("UPDATE users SET notified = 0, acknowledged = 0 WHERE id = ?1")?
                 .execute([id_sql(id)])?;
-            conn.prepare_cached("DELETE FROM exposures WHERE id = ?1")?.execute([id_sql(id)])?;
+            delete_exposures(conn, table, id)?;
             if let Some(p) = journal.get(id_sql(id)) {
                 journal.record(conn, id_sql(id), Pending { notified: false, ..p })?;
             }
@@ -1129,7 +1171,7 @@ impl Storage for SqliteStorage {
                 return Ok(false);
             }
             conn.prepare_cached("DELETE FROM users WHERE id = ?1")?.execute([id_sql(id)])?;
-            conn.prepare_cached("DELETE FROM exposures WHERE id = ?1")?.execute([id_sql(id)])?;
+            delete_exposures(conn, table, id)?;
             journal.remove(conn, id_sql(id))?;
             Ok(write_table(table).remove(id))
         })
@@ -1141,58 +1183,40 @@ impl Storage for SqliteStorage {
             if !read_table(table).contains(id) {
                 return Ok(false);
             }
-            conn.prepare_cached("DELETE FROM exposures WHERE id = ?1")?.execute([id_sql(id)])?;
+            delete_exposures(conn, table, id)?;
             Ok(write_table(table).clear_exposures(id))
         })
         .await
     }
 
     async fn submit_report(&self, token: TokenUse, entries: Vec<PoolEntry>) -> Result<bool> {
+        let pool = Arc::clone(&self.pool);
         self.write("submit report", Mode::Savepoint, move |conn| {
             if !spend_token(conn, &token)? {
                 return Ok(false);
             }
-            let mut stmt = conn.prepare_cached("INSERT INTO pool (slot, record) VALUES (?1, ?2)")?;
-            for entry in &entries {
-                stmt.execute(params![&entry.slot[..], entry.record])?;
-            }
+            // One row for the declaration (see `sqlite_pool`); the index changes last.
+            pool.insert(conn, &entries)?;
             Ok(true)
         })
         .await
     }
 
     async fn pool_take(&self, max: usize) -> Result<Vec<PoolEntry>> {
-        let limit = i64::try_from(max).unwrap_or(i64::MAX);
-        let rows = self
-            .read("pool take", move |conn| {
-                // Slot order is the order of random keys: no meaning.
-                let mut stmt = conn.prepare_cached("SELECT slot, record FROM pool LIMIT ?1")?;
-                let rows = stmt
-                    .query_map([limit], |row| Ok((row.get::<_, Vec<u8>>(0)?, row.get::<_, Vec<u8>>(1)?)))?;
-                rows.collect::<rusqlite::Result<Vec<_>>>()
-            })
-            .await?;
-        rows.into_iter().map(|(slot, record)| Ok(PoolEntry { slot: slot_from_sql(slot)?, record })).collect()
+        self.read("pool take", move |conn| sqlite_pool::take(conn, max)).await
     }
 
     async fn pool_commit(&self, batch: ProcessedBatch) -> Result<u64> {
+        let pool = Arc::clone(&self.pool);
         self.write_table("pool commit", Mode::Scrubs, move |conn, table| {
             let mut batch = batch;
             // Key order: each B-tree descent starts where the last one ended (cached pages),
-            // and neighbouring rows share a page write. The order has no meaning: slots are
-            // random, and the batch was already shuffled.
-            batch.slots.sort_unstable();
-            batch.exposures.sort_unstable_by_key(|(id, e, _)| (*id, e.epoch));
-            let mut erased = HashSet::with_capacity(batch.slots.len());
-            {
-                let mut delete = conn.prepare_cached("DELETE FROM pool WHERE slot = ?1")?;
-                for slot in &batch.slots {
-                    if delete.execute([&slot[..]])? == 1 {
-                        erased.insert(*slot);
-                    }
-                }
-            }
-            // The exposures of erased slots, summed per (id, epoch) (sorted: they are adjacent),
+            // and neighbouring rows share a page write. The order has no meaning: the batch was
+            // already shuffled.
+            batch.exposures.sort_unstable_by_key(|(id, e, _)| (e.epoch, *id));
+            // The slots still in the pool: erased below, as the last write.
+            let erased = pool.present(&batch.slots);
+            // The exposures of erased slots, summed per (epoch, id) (sorted: they are adjacent),
             // so that each is written once (a contact of many HELLOs in one epoch is one row
             // write, not one per HELLO); dropped when the ID is not registered (any more).
             let mut sums: Vec<(Id, Exposure)> = Vec::new();
@@ -1212,16 +1236,18 @@ impl Storage for SqliteStorage {
                 sums.retain(|(id, _)| known.contains(*id));
             }
             {
+                // An upsert: looking up first in the IDTable whether the row exists cost more (one
+                // more random memory access per sum) than SQLite's statement journal.
                 let mut add = conn.prepare_cached(
-                    "INSERT INTO exposures (id, epoch, hellos, rssi_sum, rssi_count)
+                    "INSERT INTO exposures (epoch, id, hellos, rssi_sum, rssi_count)
                      VALUES (?1, ?2, ?3, ?4, ?5)
-                     ON CONFLICT (id, epoch) DO UPDATE SET
+                     ON CONFLICT (epoch, id) DO UPDATE SET
                          hellos = hellos + excluded.hellos,
                          rssi_sum = rssi_sum + excluded.rssi_sum,
                          rssi_count = rssi_count + excluded.rssi_count",
                 )?;
                 for (id, e) in &sums {
-                    add.execute(params![id_sql(*id), e.epoch.number(), e.hellos, e.rssi_sum, e.rssi_count])?;
+                    add.execute(params![e.epoch.number(), id_sql(*id), e.hellos, e.rssi_sum, e.rssi_count])?;
                 }
             }
             {
@@ -1232,6 +1258,8 @@ impl Storage for SqliteStorage {
                     }
                 }
             }
+            // §6.2 step 10, then the IDTable: the command's last steps.
+            pool.erase(conn, &erased)?;
             let mut t = write_table(table);
             for (id, exposure) in &sums {
                 t.add_exposure(*id, exposure);
@@ -1381,27 +1409,135 @@ impl Storage for SqliteStorage {
     }
 
     async fn pool_depth(&self) -> Result<u64> {
-        let n: i64 = self
-            .read("pool depth", |conn| {
-                conn.prepare_cached("SELECT count(*) FROM pool")?.query_row([], |row| row.get(0))
-            })
-            .await?;
-        Ok(u64::try_from(n).unwrap_or(0))
+        Ok(self.pool.depth())
     }
 
     async fn stats(&self) -> Result<Stats> {
-        let (pool_depth, outbox_depth) = self
+        let outbox_depth: i64 = self
             .read("stats", |conn| {
                 conn.prepare_cached(
-                    "SELECT (SELECT count(*) FROM pool),
-                            (SELECT count(*) FROM outbox)
-                              + (SELECT coalesce(sum(pairs), 0) FROM fed_pending)",
+                    "SELECT (SELECT count(*) FROM outbox) + (SELECT coalesce(sum(pairs), 0) FROM fed_pending)",
                 )?
-                .query_row([], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?)))
+                .query_row([], |row| row.get(0))
             })
             .await?;
-        let count = |n: i64| u64::try_from(n).unwrap_or(0);
         let users = read_table(&self.table).len() as u64;
-        Ok(Stats { users, pool_depth: count(pool_depth), outbox_depth: count(outbox_depth) })
+        Ok(Stats {
+            users,
+            pool_depth: self.pool.depth(),
+            outbox_depth: u64::try_from(outbox_depth).unwrap_or(0),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u64) -> Id {
+        Id::new(n).expect("id")
+    }
+
+    fn ep(n: u32) -> Epoch {
+        Epoch::new(n).expect("epoch")
+    }
+
+    /// A file of schema 3 (pool one row per pair, LEE_A keyed by (ID, epoch)) opens as the current
+    /// schema with its pending pairs, LEE_A and users kept.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn schema_3_file_migrates_with_pool_and_lee_kept() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("robert.sqlite");
+        {
+            let conn = Connection::open(&path).expect("open raw");
+            for step in &MIGRATIONS[..3] {
+                conn.execute_batch(step).expect("old migration");
+            }
+            conn.pragma_update(None, "user_version", 3).expect("user_version");
+            conn.execute_batch(
+                "INSERT INTO users (id, keys) VALUES (7, x'11'), (9, x'22');
+                 INSERT INTO exposures VALUES (7, 100, 3, -180, 3), (7, 90, 1, 0, 0), (9, 100, 2, -100, 2);
+                 INSERT INTO pool VALUES (x'01010101010101010101010101010101', x'AABB'),
+                                         (x'02020202020202020202020202020202', x'');",
+            )
+            .expect("old rows");
+        }
+        let s = SqliteStorage::open(&path, false).expect("open migrates");
+        let lee = s.load_user(id(7)).await.expect("load").expect("registered").exposures;
+        assert_eq!(
+            lee,
+            vec![
+                Exposure { epoch: ep(90), hellos: 1, rssi_sum: 0, rssi_count: 0 },
+                Exposure { epoch: ep(100), hellos: 3, rssi_sum: -180, rssi_count: 3 },
+            ]
+        );
+        assert_eq!(s.pool_depth().await.expect("depth"), 2);
+        let mut pool = s.pool_take(10).await.expect("take");
+        pool.sort_by_key(|e| e.slot);
+        assert_eq!(
+            pool,
+            vec![
+                PoolEntry { slot: [1; 16], record: vec![0xAA, 0xBB] },
+                PoolEntry { slot: [2; 16], record: Vec::new() },
+            ]
+        );
+        // The migrated rows behave as new ones: one pair processed, the other kept; LEE_A added to
+        // the migrated entry of its epoch; expiry and delete history by the new key.
+        let batch = ProcessedBatch {
+            slots: vec![[1; 16]],
+            exposures: vec![(
+                id(9),
+                Exposure { epoch: ep(100), hellos: 1, rssi_sum: -50, rssi_count: 1 },
+                [1; 16],
+            )],
+            outbox: Vec::new(),
+        };
+        assert_eq!(s.pool_commit(batch).await.expect("commit"), 1);
+        assert_eq!(s.expire(ep(95), 0, 0).await.expect("expire").exposures, 1);
+        assert!(s.delete_history(id(7)).await.expect("delete history"));
+        drop(s);
+        let s = SqliteStorage::open(&path, false).expect("reopen");
+        assert_eq!(
+            s.pool_take(10).await.expect("take"),
+            vec![PoolEntry { slot: [2; 16], record: Vec::new() }]
+        );
+        assert!(s.load_user(id(7)).await.expect("load").expect("registered").exposures.is_empty());
+        assert_eq!(
+            s.load_user(id(9)).await.expect("load").expect("registered").exposures,
+            vec![Exposure { epoch: ep(100), hellos: 3, rssi_sum: -150, rssi_count: 3 }]
+        );
+        let conn = Connection::open(&path).expect("open raw");
+        let rows: i64 = conn.query_row("SELECT count(*) FROM exposures", [], |r| r.get(0)).expect("count");
+        assert_eq!(rows, 1, "expired and deleted rows gone from the file");
+    }
+
+    /// A declaration partly processed keeps its other pairs across a restart, each once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn partly_processed_declaration_keeps_the_rest() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("robert.sqlite");
+        let s = SqliteStorage::open(&path, false).expect("open");
+        let entries: Vec<PoolEntry> =
+            (0..10u8).map(|n| PoolEntry { slot: [n; 16], record: vec![n; usize::from(n)] }).collect();
+        let token = TokenUse { jti: "decl".into(), expires_unix: 4_000_000_000 };
+        assert!(s.submit_report(token, entries.clone()).await.expect("submit"));
+        let first: Vec<[u8; 16]> = entries.iter().step_by(3).map(|e| e.slot).collect();
+        let batch = ProcessedBatch { slots: first.clone(), ..Default::default() };
+        assert_eq!(s.pool_commit(batch.clone()).await.expect("commit"), first.len() as u64);
+        assert_eq!(s.pool_commit(batch).await.expect("commit again"), 0, "erased once");
+        drop(s);
+        let s = SqliteStorage::open(&path, false).expect("reopen");
+        let mut left = s.pool_take(100).await.expect("take");
+        left.sort_by_key(|e| e.slot);
+        let expected: Vec<PoolEntry> = entries.iter().filter(|e| !first.contains(&e.slot)).cloned().collect();
+        assert_eq!(left, expected);
+        assert_eq!(s.pool_depth().await.expect("depth"), expected.len() as u64);
+        let rest = ProcessedBatch { slots: expected.iter().map(|e| e.slot).collect(), ..Default::default() };
+        assert_eq!(s.pool_commit(rest).await.expect("commit"), expected.len() as u64);
+        assert_eq!(s.pool_depth().await.expect("depth"), 0);
+        let conn = Connection::open(&path).expect("open raw");
+        let rows: i64 =
+            conn.query_row("SELECT count(*) FROM pool_declarations", [], |r| r.get(0)).expect("count");
+        assert_eq!(rows, 0, "the row goes with its last pair");
     }
 }
