@@ -1016,7 +1016,9 @@ impl BackendRun for StatusRun<'_> {
         let running = rt.block_on(server.serve())?;
         let spec = LoadSpec::new(running.addr, args.clients, &args.load);
         let esr = Arc::new(EsrWork { bodies, next: AtomicUsize::new(0), repeat: args.esr_interval == 0 });
+        eprintln!("robert bench: ESRs over HTTP for {} s", args.load.seconds);
         let esr_result = spec.run(rt, esr.clone())?;
+        eprintln!("robert bench: no-op requests over HTTP for {} s", args.load.seconds);
         let noop = spec.run(rt, Arc::new(NoopWork))?;
         rt.block_on(running.shutdown())?;
 

@@ -47,7 +47,7 @@
 
 use super::id_table::{IdTable, add_exposure};
 use super::sqlite_pool::{self, PoolIndex};
-use super::status_journal::{Journal, Pending};
+use super::status_journal::{FoldPass, Journal, Pending, Slice};
 use super::{
     ExpiryStats, Exposure, OutboundBatch, PoolEntry, ProcessedBatch, RegisterOutcome, Result, Stats,
     StatusOutcome, Storage, StorageError, TokenUse, UserRecord,
@@ -92,10 +92,9 @@ const WRITER_CACHE_KIB: i64 = 64 * 1024;
 /// WAL size (pages of 4 KiB) at which a commit checkpoints it into the database file: 64 MiB.
 const WAL_AUTOCHECKPOINT_PAGES: i64 = 16 * 1024;
 
-/// Rows of the status journal at which the writer folds it into `users` (see
-/// [`super::status_journal`]): about 10 MB of memory. The larger, the fewer times each `users`
-/// page is rewritten per ESR; a fold of this many takes a fraction of a second, during which
-/// writes wait.
+/// Rows of the status journal at which the writer starts folding it into `users`, in slices
+/// of about a millisecond within the groups that follow (see [`super::status_journal`]): about
+/// 10 MB of memory. The larger, the fewer times each `users` page is rewritten per ESR.
 pub const JOURNAL_FOLD_ROWS: u64 = 1 << 18;
 
 /// An idle writer folds whatever the journal holds after this long without a command.
@@ -341,6 +340,9 @@ struct Writer {
     journal: Arc<Journal>,
     /// Fold the journal when it holds this many rows.
     fold_rows: u64,
+    /// The fold in slices under way, if any, and the slice the open transaction holds.
+    pass: Option<FoldPass>,
+    slice: Option<Slice>,
     /// The in-memory IDTable: each command changes it as its last step; reloaded from the
     /// database if a transaction that changed it does not commit.
     table: Arc<RwLock<IdTable>>,
@@ -402,15 +404,22 @@ impl Writer {
             self.last_group_shared = group.len() > 1;
             self.run_group(group);
             self.last_commit = std::time::Instant::now();
-            if self.journal.rows() >= self.fold_rows {
-                self.fold();
+            if self.pass.is_none() && self.journal.rows() >= self.fold_rows {
+                match self.journal.start_pass(&self.conn) {
+                    Ok(pass) => self.pass = pass,
+                    Err(e) => tracing::warn!(error = %backend("status journal fold", e), "sqlite writer"),
+                }
             }
             if self.scrub_pending && self.last_scrub.elapsed() >= SCRUB_MAX_DELAY {
                 self.scrub();
             }
         }
-        // Every sender is gone and every command answered. One last try at leaving no erased
-        // pair in the WAL; closing the connection then checkpoints what is left.
+        // Every sender is gone and every command answered. The journal folded (the next open
+        // replays less), and one last try at leaving no erased pair in the WAL; closing the
+        // connection then checkpoints what is left.
+        if self.journal.rows() > 0 {
+            self.fold();
+        }
         if self.scrub_pending {
             self.scrub();
         }
@@ -444,10 +453,12 @@ impl Writer {
             reply.send(Ok(()));
             return;
         }
+        self.fold_slice();
         match self.statement("COMMIT") {
             Ok(()) => {
                 self.commits.fetch_add(1, Ordering::Relaxed);
                 self.scrub_pending |= scrubs;
+                self.slice_committed();
                 reply.send(Ok(()));
             }
             Err(e) => {
@@ -455,6 +466,7 @@ impl Writer {
                 if !self.conn.is_autocommit() {
                     let _ = self.conn.execute_batch("ROLLBACK");
                 }
+                self.slice = None;
                 self.reload();
                 reply.send(Err(&e));
             }
@@ -551,10 +563,12 @@ impl Writer {
                 }
             }
         }
+        self.fold_slice();
         match self.statement("COMMIT") {
             Ok(()) => {
                 self.commits.fetch_add(1, Ordering::Relaxed);
                 self.scrub_pending |= scrub;
+                self.slice_committed();
                 for reply in ran {
                     reply.send(Ok(()));
                 }
@@ -565,9 +579,38 @@ impl Writer {
                     // Best effort: if even the rollback fails, the next BEGIN reports it.
                     let _ = self.conn.execute_batch("ROLLBACK");
                 }
+                self.slice = None;
                 self.reload();
                 self.fail_all(&mut ran, &e);
             }
+        }
+    }
+
+    /// The next slice of the fold under way, if any, in the open transaction (see
+    /// [`super::status_journal`]): a millisecond or so of work per group, four times that when
+    /// the journal has grown past four times [`Writer::fold_rows`]. A failed slice ends the pass
+    /// (the idle fold or the next pass does its work); if it took the transaction with it, the
+    /// commit that follows fails and says so to every command of the group.
+    fn fold_slice(&mut self) {
+        let Some(pass) = &self.pass else { return };
+        let scale = if self.journal.rows() >= self.fold_rows.saturating_mul(4) { 4 } else { 1 };
+        match self.journal.fold_slice(&self.conn, pass, scale) {
+            Ok(Some(slice)) => self.slice = Some(slice),
+            Ok(None) => self.pass = None,
+            Err(e) => {
+                tracing::warn!(error = %backend("status journal fold", e), "sqlite writer");
+                self.pass = None;
+            }
+        }
+    }
+
+    /// The transaction that held a fold slice committed: the pass moves on.
+    fn slice_committed(&mut self) {
+        if let (Some(pass), Some(slice)) = (&mut self.pass, self.slice.take())
+            && self.journal.advance(pass, slice)
+        {
+            self.pass = None;
+            tracing::debug!("sqlite status journal folded into users (in slices)");
         }
     }
 
@@ -598,6 +641,8 @@ impl Writer {
     /// Folds the status journal into `users` in a transaction of its own (see
     /// [`super::status_journal`]). On failure nothing changed and the journal stays as it is.
     fn fold(&mut self) {
+        // Everything pending, so whatever a pass under way had left to do.
+        self.pass = None;
         let started = std::time::Instant::now();
         if let Err(e) = self.begin() {
             tracing::warn!(error = %e, "sqlite writer: status journal fold");
@@ -790,6 +835,8 @@ impl SqliteStorage {
             last_scrub: std::time::Instant::now(),
             journal: Arc::clone(&journal),
             fold_rows: journal_fold_rows.max(1),
+            pass: None,
+            slice: None,
             table: Arc::clone(&table),
             pool: Arc::clone(&pool),
             fsync,
@@ -1509,6 +1556,105 @@ mod tests {
         let conn = Connection::open(&path).expect("open raw");
         let rows: i64 = conn.query_row("SELECT count(*) FROM exposures", [], |r| r.get(0)).expect("count");
         assert_eq!(rows, 1, "expired and deleted rows gone from the file");
+    }
+
+    /// A fold in slices, interleaved with ESRs, unregistrations (with the ID drawn again) and
+    /// resets: after every committed slice, what a restart would rebuild (the `users` rows with
+    /// the log replayed over them) is the state every command left; at the end the log holds only
+    /// rows newer than the pass, and the journal counts them.
+    #[test]
+    fn a_fold_in_slices_keeps_every_state_at_every_step() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let conn = Connection::open(dir.path().join("robert.sqlite")).expect("open");
+        migrate(&conn).expect("migrate");
+        let journal = Journal::default();
+        let mut expected: std::collections::BTreeMap<u64, (Option<Epoch>, bool)> = Default::default();
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let mut draw = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let esr = |conn: &Connection, id: u64, epoch: u32, notified: bool| {
+            journal
+                .record(conn, id as i64, Pending { sre: Some(i64::from(epoch)), notified })
+                .expect("record");
+        };
+        conn.execute_batch("BEGIN").expect("begin");
+        for n in 1..=2000u64 {
+            conn.execute("INSERT INTO users (id, keys) VALUES (?1, x'00')", [n as i64]).expect("user");
+            let notified = n % 3 == 0;
+            esr(&conn, n, (n % 50) as u32 + 1, notified);
+            expected.insert(n, (Some(ep((n % 50) as u32 + 1)), notified));
+        }
+        conn.execute_batch("COMMIT").expect("commit");
+        let check = |expected: &std::collections::BTreeMap<u64, (Option<Epoch>, bool)>| {
+            let replayed = Journal::default();
+            replayed.reload(&conn).expect("reload");
+            let table = load_table(&conn, &replayed).expect("load");
+            for (id, want) in expected {
+                let user = table.get(self::id(*id)).expect("registered");
+                assert_eq!((user.last_status_epoch, user.notified), *want, "ID {id}");
+            }
+        };
+        let mut pass = journal.start_pass(&conn).expect("start").expect("something pending");
+        let mut epoch = 100;
+        let mut steps = 0;
+        loop {
+            conn.execute_batch("BEGIN").expect("begin");
+            for _ in 0..40 {
+                let id = draw(2000) + 1;
+                epoch += 1;
+                match draw(4) {
+                    0 | 1 => {
+                        esr(&conn, id, epoch, draw(2) == 0);
+                        expected.insert(
+                            id,
+                            (Some(ep(epoch)), journal.get(id as i64).expect("just recorded").notified),
+                        );
+                    }
+                    2 => {
+                        // Unregistered, and the ID drawn again: a fresh user.
+                        conn.execute("DELETE FROM users WHERE id = ?1", [id as i64]).expect("delete");
+                        journal.remove(&conn, id as i64).expect("tombstone");
+                        conn.execute("INSERT INTO users (id, keys) VALUES (?1, x'00')", [id as i64])
+                            .expect("again");
+                        expected.insert(id, (None, false));
+                    }
+                    _ => {
+                        // A reset, as `reset_status` does it.
+                        conn.execute("UPDATE users SET notified = 0 WHERE id = ?1", [id as i64])
+                            .expect("reset");
+                        if let Some(p) = journal.get(id as i64) {
+                            journal
+                                .record(&conn, id as i64, Pending { notified: false, ..p })
+                                .expect("record");
+                        }
+                        expected.entry(id).and_modify(|e| e.1 = false);
+                    }
+                }
+            }
+            let slice = journal.fold_slice(&conn, &pass, 1).expect("slice");
+            conn.execute_batch("COMMIT").expect("commit");
+            check(&expected);
+            steps += 1;
+            match slice {
+                Some(slice) => {
+                    if journal.advance(&mut pass, slice) {
+                        break;
+                    }
+                }
+                None => break,
+            }
+        }
+        assert!(steps >= 5, "2000 IDs take four slices to write and one to delete ({steps})");
+        let (rows, oldest): (i64, Option<i64>) = conn
+            .query_row("SELECT count(*), min(seq) FROM status_log", [], |r| Ok((r.get(0)?, r.get(1)?)))
+            .expect("log");
+        assert!(oldest.is_none_or(|s| s > 2000), "rows of the pass deleted");
+        assert_eq!(journal.rows(), rows as u64, "the journal counts the rows left");
+        check(&expected);
     }
 
     /// A declaration partly processed keeps its other pairs across a restart, each once.

@@ -20,12 +20,29 @@
 //!   truth).
 //! - Unregistering an ID with pending state appends a tombstone (`state = 2`), so that a replay
 //!   does not bring back state of an ID that is gone (IDs may be drawn again later).
-//! - A fold runs in the writer thread in a transaction of its own: every pending state written
-//!   into `users` in ID order, the log emptied, committed; only then is the map cleared.
+//! - A fold under load runs in slices ([`FoldPass`]), so that writes never wait for a whole one
+//!   (a fold of 262,144 rows at 1 M IDs took over half a second, during which every ESR waited).
+//!   A pass takes the pending IDs as of the log's last row `upto`, in ID order; the writer
+//!   writes a few hundred of them into `users` inside each group's transaction (each with its
+//!   *current* state, skipping IDs unregistered meanwhile), then deletes the log rows up to
+//!   `upto` in slices too, and only then forgets the states no newer than `upto`. At any point a
+//!   replay is still right: each `users` row written holds a state no older than any log row
+//!   deleted so far, and the rows left are replayed over it in `seq` order, the latest last.
+//! - When the writer is idle, and when the store closes, it folds everything in one
+//!   transaction: every pending state written into `users` in ID order, the log emptied,
+//!   committed; only then is the map cleared.
 
 use rusqlite::{Connection, params};
 use std::collections::HashMap;
 use std::sync::Mutex;
+
+/// States a fold slice writes into `users` (about half a millisecond of the writer's time at 1 M IDs;
+/// at 80k ESRs/s the writer commits about a thousand groups a second, so this folds over three
+/// times faster than ESRs append).
+const SLICE_STATES: usize = 256;
+
+/// Log rows a fold slice deletes once a pass has written its states.
+const SLICE_ROWS: i64 = 16_384;
 
 /// Pending SRE_A / UN_A of one ID, newer than its `users` row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,9 +64,31 @@ pub(crate) struct Journal {
 
 #[derive(Debug, Default)]
 struct Inner {
-    pending: HashMap<i64, Pending>,
+    /// ID → its latest state and the `seq` of the log row that holds it.
+    pending: HashMap<i64, (Pending, i64)>,
     /// Rows in `status_log` (what a fold will delete).
     rows: u64,
+}
+
+/// A fold in slices (see the [module docs](self)): the IDs pending as of log row `upto`, in ID
+/// order, and how far the committed slices got.
+#[derive(Debug)]
+pub(crate) struct FoldPass {
+    upto: i64,
+    ids: Vec<i64>,
+    /// IDs whose state is in `users` (committed slices).
+    written: usize,
+    /// Log rows up to this `seq` are deleted (committed slices), once every ID is written.
+    deleted_upto: i64,
+}
+
+/// What one slice did, applied to the pass once its transaction committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Slice {
+    /// Wrote this many more states into `users`.
+    Wrote(usize),
+    /// Deleted the log rows up to `to` (`seq`), `rows` of them.
+    Deleted { to: i64, rows: u64 },
 }
 
 impl Journal {
@@ -63,7 +102,7 @@ impl Journal {
     pub(crate) fn reload(&self, conn: &Connection) -> rusqlite::Result<()> {
         let mut pending = HashMap::new();
         let mut rows = 0u64;
-        let mut stmt = conn.prepare_cached("SELECT id, sre, state FROM status_log ORDER BY seq")?;
+        let mut stmt = conn.prepare_cached("SELECT id, sre, state, seq FROM status_log ORDER BY seq")?;
         let mut q = stmt.query([])?;
         while let Some(row) = q.next()? {
             rows += 1;
@@ -72,7 +111,7 @@ impl Journal {
             if state == REMOVED {
                 pending.remove(&id);
             } else {
-                pending.insert(id, Pending { sre: row.get(1)?, notified: state == 1 });
+                pending.insert(id, (Pending { sre: row.get(1)?, notified: state == 1 }, row.get(3)?));
             }
         }
         *self.lock() = Inner { pending, rows };
@@ -81,12 +120,12 @@ impl Journal {
 
     /// The pending state of `id`, if it has one.
     pub(crate) fn get(&self, id: i64) -> Option<Pending> {
-        self.lock().pending.get(&id).copied()
+        self.lock().pending.get(&id).map(|(p, _)| *p)
     }
 
     /// Every pending state, in no order.
     pub(crate) fn pending(&self) -> Vec<(i64, Pending)> {
-        self.lock().pending.iter().map(|(&id, &p)| (id, p)).collect()
+        self.lock().pending.iter().map(|(&id, &(p, _))| (id, p)).collect()
     }
 
     /// Rows the log holds.
@@ -99,8 +138,9 @@ impl Journal {
     pub(crate) fn record(&self, conn: &Connection, id: i64, state: Pending) -> rusqlite::Result<()> {
         conn.prepare_cached("INSERT INTO status_log (id, sre, state) VALUES (?1, ?2, ?3)")?
             .execute(params![id, state.sre, i64::from(state.notified)])?;
+        let seq = conn.last_insert_rowid();
         let mut inner = self.lock();
-        inner.pending.insert(id, state);
+        inner.pending.insert(id, (state, seq));
         inner.rows += 1;
         Ok(())
     }
@@ -136,5 +176,69 @@ impl Journal {
     /// The fold committed: nothing is pending any more.
     pub(crate) fn clear(&self) {
         *self.lock() = Inner::default();
+    }
+
+    /// Starts a fold in slices over what is pending now (`None` if nothing is).
+    pub(crate) fn start_pass(&self, conn: &Connection) -> rusqlite::Result<Option<FoldPass>> {
+        let upto: Option<i64> =
+            conn.prepare_cached("SELECT max(seq) FROM status_log")?.query_row([], |r| r.get(0))?;
+        let Some(upto) = upto else { return Ok(None) };
+        let mut ids: Vec<i64> = self.lock().pending.keys().copied().collect();
+        ids.sort_unstable();
+        Ok(Some(FoldPass { upto, ids, written: 0, deleted_upto: 0 }))
+    }
+
+    /// The pass's next slice, in the caller's transaction: the next IDs' current states into
+    /// `users` (`scale` × [`SLICE_STATES`] of them), or, once all are written, the next log rows
+    /// up to `upto` deleted. `None` when the pass is done. Changes nothing in memory: the caller
+    /// applies the slice to the pass ([`Journal::advance`]) once its transaction committed.
+    pub(crate) fn fold_slice(
+        &self,
+        conn: &Connection,
+        pass: &FoldPass,
+        scale: usize,
+    ) -> rusqlite::Result<Option<Slice>> {
+        if pass.written < pass.ids.len() {
+            let ids = &pass.ids[pass.written..pass.ids.len().min(pass.written + SLICE_STATES * scale)];
+            let states: Vec<(i64, Pending)> = {
+                let inner = self.lock();
+                // An ID no longer pending was unregistered since: its row is gone, or belongs to
+                // a new registration of the same ID, which starts clean.
+                ids.iter().filter_map(|id| inner.pending.get(id).map(|(p, _)| (*id, *p))).collect()
+            };
+            let mut update = conn.prepare_cached("UPDATE users SET sre = ?2, notified = ?3 WHERE id = ?1")?;
+            for (id, p) in &states {
+                update.execute(params![id, p.sre, p.notified])?;
+            }
+            return Ok(Some(Slice::Wrote(ids.len())));
+        }
+        if pass.deleted_upto < pass.upto {
+            let first: Option<i64> =
+                conn.prepare_cached("SELECT min(seq) FROM status_log")?.query_row([], |r| r.get(0))?;
+            let to = first.map_or(pass.upto, |f| pass.upto.min(f.saturating_add(SLICE_ROWS * scale as i64)));
+            let rows = conn.prepare_cached("DELETE FROM status_log WHERE seq <= ?1")?.execute([to])?;
+            return Ok(Some(Slice::Deleted { to, rows: rows as u64 }));
+        }
+        Ok(None)
+    }
+
+    /// A committed slice's deleted rows are no longer in the log; the pass is done once the last
+    /// is: forgets every state no newer than its `upto` (written into `users`). Returns whether
+    /// the pass is done.
+    pub(crate) fn advance(&self, pass: &mut FoldPass, slice: Slice) -> bool {
+        match slice {
+            Slice::Wrote(n) => pass.written += n,
+            Slice::Deleted { to, rows } => {
+                pass.deleted_upto = to;
+                let mut inner = self.lock();
+                inner.rows = inner.rows.saturating_sub(rows);
+                if to >= pass.upto {
+                    let upto = pass.upto;
+                    inner.pending.retain(|_, (_, seq)| *seq > upto);
+                    return true;
+                }
+            }
+        }
+        false
     }
 }
