@@ -23,8 +23,8 @@ use crate::keystore::{DayKeys, KeyError, ServerSecrets};
 use crate::metrics::{Metrics, PairTally, Replay};
 use crate::risk;
 use crate::storage::{
-    Exposure, PoolEntry, ProcessedBatch, RegisterOutcome, StatusOutcome, Storage, StorageError, TokenUse,
-    UserRecord,
+    Exposure, FastMap, FastSet, PoolEntry, ProcessedBatch, RegisterOutcome, StatusOutcome, Storage,
+    StorageError, TokenUse, UserRecord,
 };
 use crate::token::{Purpose, TrustedAuthorities};
 use rand::RngExt;
@@ -40,7 +40,6 @@ use robert_proto::{
     PublicKey, RequestCode, SessionKeys, UploadRecord,
 };
 use sha2::{Digest, Sha256};
-use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -636,7 +635,7 @@ impl<S: Storage> Service<S> {
         let mut contended = false;
         loop {
             let committing = pending.take();
-            let in_flight: HashSet<[u8; 16]> =
+            let in_flight: FastSet<[u8; 16]> =
                 committing.as_ref().map(|(b, _)| b.slots.iter().copied().collect()).unwrap_or_default();
             let commit = async {
                 match committing {
@@ -762,7 +761,7 @@ impl<S: Storage> Service<S> {
             }
         }
         // Steps 5 and 7: one read for the whole batch.
-        let keys: HashMap<Id, Vec<u8>> = self.storage.load_user_keys(wanted).await?.into_iter().collect();
+        let keys: FastMap<Id, Vec<u8>> = self.storage.load_user_keys(wanted).await?.into_iter().collect();
         for (i, rec, found) in candidates {
             let mut matched = false;
             for (epoch, id) in found {

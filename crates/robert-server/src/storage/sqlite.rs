@@ -13,12 +13,18 @@
 //!   A command that fails rolls back alone (its savepoint) and gets its own error; if the commit
 //!   itself fails, every command of the group gets an error, and none of them happened.
 //! - **ESRs append, folds rewrite.** What an ESR changes (SRE_A, UN_A) is appended to a status
-//!   journal in the same transaction and folded into `users` in key order every
-//!   [`JOURNAL_FOLD_ROWS`] rows or when the writer is idle (see [`super::status_journal`]): one
-//!   page write per hundred-odd ESRs instead of one random page each. An unregistered user's last
-//!   ESR epoch and UN_A stay in the journal until the next fold (never their keys).
+//!   journal in the same transaction and folded into `users` in key order, a slice per group
+//!   once it holds [`JOURNAL_FOLD_ROWS`] rows, whole when the writer is idle (see
+//!   [`super::status_journal`]): one page write per hundred-odd ESRs instead of one random page
+//!   each. An unregistered user's last ESR epoch and UN_A stay in the journal until the next
+//!   fold (never their keys).
+//! - **A declaration is one row until mixed; LEE_A is keyed by (epoch, ID).** The pool holds a
+//!   declaration's pairs in one row, deleted once they are all processed (see
+//!   [`super::sqlite_pool`]); LEE_A needs no second index (expiry deletes a key range, an ID's
+//!   rows are found from the IDTable). Per pair, one B-tree write at a random place (its LEE_A
+//!   row) instead of four.
 //! - **The IDTable is read from memory.** The writer keeps every registered ID's row and LEE_A in
-//!   an [`IdTable`] (loaded from the file when the store opens: about 180 bytes per ID plus LEE_A).
+//!   an [`IdTable`] (loaded from the file when the store opens: about 164 bytes per ID plus LEE_A).
 //!   Each command that changes the IDTable decides on that table, writes the database, and
 //!   changes the table as its last step; if its transaction is then lost (rolled back, commit
 //!   failed), the writer reads the table back from the file. [`Storage::load_user`] and
