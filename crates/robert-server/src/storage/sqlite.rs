@@ -547,12 +547,14 @@ impl Writer {
                 Err(e) => {
                     // SQLite aborted the whole transaction (I/O error, disk full, …): nothing this
                     // group did so far is there any more.
+                    // The memory is read back first, so that no caller told of the failure can
+                    // still read what it lost.
                     ran.push(reply);
-                    self.fail_all(&mut ran, &e);
                     scrub = false;
                     let rolled_back =
                         self.conn.is_autocommit() || self.conn.execute_batch("ROLLBACK").is_ok();
                     self.reload();
+                    self.fail_all(&mut ran, &e);
                     if rolled_back {
                         if let Err(e) = self.begin() {
                             for job in jobs {
@@ -1661,6 +1663,25 @@ mod tests {
         assert!(oldest.is_none_or(|s| s > 2000), "rows of the pass deleted");
         assert_eq!(journal.rows(), rows as u64, "the journal counts the rows left");
         check(&expected);
+    }
+
+    /// The writer's in-memory maps print counts, never an ID or a slot.
+    #[test]
+    fn journal_pass_and_pool_index_debug_show_no_identifier() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let conn = Connection::open(dir.path().join("robert.sqlite")).expect("open");
+        migrate(&conn).expect("migrate");
+        let journal = Journal::default();
+        journal.record(&conn, 0x1234_5678, Pending { sre: Some(7), notified: true }).expect("record");
+        let pass = journal.start_pass(&conn).expect("start").expect("pending");
+        let pool = PoolIndex::default();
+        let slot = [0xAB; 16];
+        pool.insert(&conn, &[PoolEntry { slot, record: vec![1, 2, 3] }]).expect("insert");
+        let present = pool.present(&[slot]);
+        let printed = format!("{journal:?} {pass:?} {pool:?} {present:?}");
+        assert!(!printed.contains("305419896") && !printed.contains("1234"), "{printed}");
+        assert!(!printed.contains("171") && !printed.to_lowercase().contains("ab"), "{printed}");
+        assert!(printed.contains("pending: 1") && printed.contains("pairs: 1"), "{printed}");
     }
 
     /// A declaration partly processed keeps its other pairs across a restart, each once.

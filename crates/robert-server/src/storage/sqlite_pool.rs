@@ -37,12 +37,23 @@ pub(crate) type Slot = [u8; 16];
 const HEADER: usize = 16 + 2;
 
 /// The writer's map of the pool: which row holds each slot. See the [module docs](self).
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct PoolIndex {
     inner: Mutex<Inner>,
 }
 
-#[derive(Debug, Default)]
+/// Counts only: the index holds slots.
+impl std::fmt::Debug for PoolIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let inner = self.lock();
+        f.debug_struct("PoolIndex")
+            .field("pairs", &inner.slots.len())
+            .field("rows", &inner.live.len())
+            .finish()
+    }
+}
+
+#[derive(Default)]
 struct Inner {
     /// Slot → `pool_declarations.seq` of the row holding it.
     slots: FastMap<Slot, i64>,
@@ -52,10 +63,17 @@ struct Inner {
 
 /// The slots of a batch that are in the pool, and the rows holding them: what
 /// [`PoolIndex::erase`] erases.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct Present {
     /// Slot → its row.
     slots: FastMap<Slot, i64>,
+}
+
+/// Counts only: the set holds slots.
+impl std::fmt::Debug for Present {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Present").field("pairs", &self.slots.len()).finish()
+    }
 }
 
 impl Present {

@@ -57,12 +57,20 @@ pub(crate) struct Pending {
 const REMOVED: i64 = 2;
 
 /// The in-memory view of `status_log`. See the [module docs](self).
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct Journal {
     inner: Mutex<Inner>,
 }
 
-#[derive(Debug, Default)]
+/// Counts only: the map holds IDs.
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let inner = self.lock();
+        f.debug_struct("Journal").field("pending", &inner.pending.len()).field("rows", &inner.rows).finish()
+    }
+}
+
+#[derive(Default)]
 struct Inner {
     /// ID → its latest state and the `seq` of the log row that holds it.
     pending: HashMap<i64, (Pending, i64)>,
@@ -72,7 +80,6 @@ struct Inner {
 
 /// A fold in slices (see the [module docs](self)): the IDs pending as of log row `upto`, in ID
 /// order, and how far the committed slices got.
-#[derive(Debug)]
 pub(crate) struct FoldPass {
     upto: i64,
     ids: Vec<i64>,
@@ -80,6 +87,18 @@ pub(crate) struct FoldPass {
     written: usize,
     /// Log rows up to this `seq` are deleted (committed slices), once every ID is written.
     deleted_upto: i64,
+}
+
+/// Counts only: the pass holds IDs.
+impl std::fmt::Debug for FoldPass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FoldPass")
+            .field("upto", &self.upto)
+            .field("ids", &self.ids.len())
+            .field("written", &self.written)
+            .field("deleted_upto", &self.deleted_upto)
+            .finish()
+    }
 }
 
 /// What one slice did, applied to the pass once its transaction committed.
