@@ -346,9 +346,8 @@ struct Writer {
     journal: Arc<Journal>,
     /// Fold the journal when it holds this many rows.
     fold_rows: u64,
-    /// The fold in slices under way, if any, and the slice the open transaction holds.
+    /// The fold in slices under way, if any.
     pass: Option<FoldPass>,
-    slice: Option<Slice>,
     /// The in-memory IDTable: each command changes it as its last step; reloaded from the
     /// database if a transaction that changed it does not commit.
     table: Arc<RwLock<IdTable>>,
@@ -459,12 +458,12 @@ impl Writer {
             reply.send(Ok(()));
             return;
         }
-        self.fold_slice();
+        let slice = self.fold_slice();
         match self.statement("COMMIT") {
             Ok(()) => {
                 self.commits.fetch_add(1, Ordering::Relaxed);
                 self.scrub_pending |= scrubs;
-                self.slice_committed();
+                self.slice_committed(slice);
                 reply.send(Ok(()));
             }
             Err(e) => {
@@ -472,7 +471,6 @@ impl Writer {
                 if !self.conn.is_autocommit() {
                     let _ = self.conn.execute_batch("ROLLBACK");
                 }
-                self.slice = None;
                 self.reload();
                 reply.send(Err(&e));
             }
@@ -571,12 +569,12 @@ impl Writer {
                 }
             }
         }
-        self.fold_slice();
+        let slice = self.fold_slice();
         match self.statement("COMMIT") {
             Ok(()) => {
                 self.commits.fetch_add(1, Ordering::Relaxed);
                 self.scrub_pending |= scrub;
-                self.slice_committed();
+                self.slice_committed(slice);
                 for reply in ran {
                     reply.send(Ok(()));
                 }
@@ -587,7 +585,6 @@ impl Writer {
                     // Best effort: if even the rollback fails, the next BEGIN reports it.
                     let _ = self.conn.execute_batch("ROLLBACK");
                 }
-                self.slice = None;
                 self.reload();
                 self.fail_all(&mut ran, &e);
             }
@@ -598,23 +595,23 @@ impl Writer {
     /// [`super::status_journal`]): a millisecond or so of work per group, four times that when
     /// the journal has grown past four times [`Writer::fold_rows`]. A failed slice ends the pass
     /// (the idle fold or the next pass does its work); if it took the transaction with it, the
-    /// commit that follows fails and says so to every command of the group.
-    fn fold_slice(&mut self) {
-        let Some(pass) = &self.pass else { return };
+    /// commit that follows fails and says so to every command of the group. Returns what the
+    /// slice did, for [`Writer::slice_committed`] once the transaction committed.
+    fn fold_slice(&mut self) -> Option<Slice> {
+        let pass = self.pass.as_ref()?;
         let scale = if self.journal.rows() >= self.fold_rows.saturating_mul(4) { 4 } else { 1 };
         match self.journal.fold_slice(&self.conn, pass, scale) {
-            Ok(Some(slice)) => self.slice = Some(slice),
-            Ok(None) => self.pass = None,
-            Err(e) => {
-                tracing::warn!(error = %backend("status journal fold", e), "sqlite writer");
-                self.pass = None;
-            }
+            Ok(Some(slice)) => return Some(slice),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %backend("status journal fold", e), "sqlite writer"),
         }
+        self.pass = None;
+        None
     }
 
-    /// The transaction that held a fold slice committed: the pass moves on.
-    fn slice_committed(&mut self) {
-        if let (Some(pass), Some(slice)) = (&mut self.pass, self.slice.take())
+    /// The transaction that held `slice` (if any) committed: the pass moves on.
+    fn slice_committed(&mut self, slice: Option<Slice>) {
+        if let (Some(pass), Some(slice)) = (&mut self.pass, slice)
             && self.journal.advance(pass, slice)
         {
             self.pass = None;
@@ -844,7 +841,6 @@ impl SqliteStorage {
             journal: Arc::clone(&journal),
             fold_rows: journal_fold_rows.max(1),
             pass: None,
-            slice: None,
             table: Arc::clone(&table),
             pool: Arc::clone(&pool),
             fsync,
@@ -1497,6 +1493,14 @@ mod tests {
         Epoch::new(n).expect("epoch")
     }
 
+    /// A database of the current schema in a temporary directory (kept alive by the first).
+    fn migrated() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let conn = Connection::open(dir.path().join("robert.sqlite")).expect("open");
+        migrate(&conn).expect("migrate");
+        (dir, conn)
+    }
+
     /// A file of schema 3 (pool one row per pair, LEE_A keyed by (ID, epoch)) opens as the current
     /// schema with its pending pairs, LEE_A and users kept.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1572,9 +1576,7 @@ mod tests {
     /// rows newer than the pass, and the journal counts them.
     #[test]
     fn a_fold_in_slices_keeps_every_state_at_every_step() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let conn = Connection::open(dir.path().join("robert.sqlite")).expect("open");
-        migrate(&conn).expect("migrate");
+        let (_dir, conn) = migrated();
         let journal = Journal::default();
         let mut expected: std::collections::BTreeMap<u64, (Option<Epoch>, bool)> = Default::default();
         let mut seed = 0x2545_F491_4F6C_DD1Du64;
@@ -1668,9 +1670,7 @@ mod tests {
     /// The writer's in-memory maps print counts, never an ID or a slot.
     #[test]
     fn journal_pass_and_pool_index_debug_show_no_identifier() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let conn = Connection::open(dir.path().join("robert.sqlite")).expect("open");
-        migrate(&conn).expect("migrate");
+        let (_dir, conn) = migrated();
         let journal = Journal::default();
         journal.record(&conn, 0x1234_5678, Pending { sre: Some(7), notified: true }).expect("record");
         let pass = journal.start_pass(&conn).expect("start").expect("pending");

@@ -134,7 +134,7 @@ impl PoolIndex {
         // App listed its contacts in.
         let mut sorted: Vec<&PoolEntry> = entries.iter().collect();
         sorted.sort_unstable_by_key(|e| e.slot);
-        let blob = encode(sorted.into_iter().map(|e| (&e.slot, e.record.as_slice())))?;
+        let blob = encode(sorted)?;
         let seq: i64 = conn
             .prepare_cached("INSERT INTO pool_declarations (entries) VALUES (?1) RETURNING seq")?
             .query_row([blob], |row| row.get(0))?;
@@ -185,12 +185,8 @@ impl PoolIndex {
             let old: Vec<u8> = conn
                 .prepare_cached("SELECT entries FROM pool_declarations WHERE seq = ?1")?
                 .query_row([seq], |row| row.get(0))?;
-            let kept: Vec<PoolEntry> = decode(&old)
-                .ok_or_else(malformed)?
-                .into_iter()
-                .filter(|e| !present.contains(&e.slot))
-                .collect();
-            let blob = encode(kept.iter().map(|e| (&e.slot, e.record.as_slice())))?;
+            let old = decode(&old).ok_or_else(malformed)?;
+            let blob = encode(old.iter().filter(|e| !present.contains(&e.slot)))?;
             conn.prepare_cached("UPDATE pool_declarations SET entries = ?1 WHERE seq = ?2")?
                 .execute(params![blob, seq])?;
         }
@@ -229,9 +225,9 @@ pub(crate) fn take(conn: &Connection, max: usize) -> rusqlite::Result<Vec<PoolEn
 }
 
 /// A row's bytes: `slot(16) ‖ len(2) ‖ record` per pair.
-fn encode<'a>(entries: impl Iterator<Item = (&'a Slot, &'a [u8])>) -> rusqlite::Result<Vec<u8>> {
+fn encode<'a>(entries: impl IntoIterator<Item = &'a PoolEntry>) -> rusqlite::Result<Vec<u8>> {
     let mut out = Vec::new();
-    for (slot, record) in entries {
+    for PoolEntry { slot, record } in entries {
         let len =
             u16::try_from(record.len()).map_err(|_| constraint("pool record longer than 65535 bytes"))?;
         out.reserve(HEADER + record.len());
@@ -284,13 +280,13 @@ mod tests {
         ) {
             let entries: Vec<PoolEntry> =
                 entries.into_iter().map(|(slot, record)| PoolEntry { slot, record }).collect();
-            let bytes = encode(entries.iter().map(|e| (&e.slot, e.record.as_slice()))).expect("encode");
+            let bytes = encode(&entries).expect("encode");
             prop_assert_eq!(decode(&bytes), Some(entries));
         }
 
         #[test]
         fn truncated_rows_are_malformed(record in proptest::collection::vec(any::<u8>(), 1..50), cut in 1usize..60) {
-            let bytes = encode(std::iter::once((&[7u8; 16], record.as_slice()))).expect("encode");
+            let bytes = encode([&PoolEntry { slot: [7; 16], record }]).expect("encode");
             let cut = cut.min(bytes.len() - 1); // all of it would be the empty row: valid
             prop_assert_eq!(decode(&bytes[..bytes.len() - cut]), None);
         }
