@@ -27,7 +27,8 @@
 //!   an [`IdTable`] (loaded from the file when the store opens: about 164 bytes per ID plus LEE_A).
 //!   Each command that changes the IDTable decides on that table, writes the database, and
 //!   changes the table as its last step; if its transaction is then lost (rolled back, commit
-//!   failed), the writer reads the table back from the file. [`Storage::load_user`] and
+//!   failed), the writer reads the table back from the file; if even that fails, it refuses every
+//!   command until a later read-back succeeds. [`Storage::load_user`] and
 //!   [`Storage::load_user_keys`] (an ESR's read, the mixer's key lookups) are a hash lookup under
 //!   a read lock, and see every write already answered. Because of this table, one process only
 //!   may use a database file (see [`SqliteStorage::open`]).
@@ -114,6 +115,14 @@ const SCRUB_BUSY_TIMEOUT: Duration = Duration::from_millis(200);
 
 /// When idle with a scrub still to do, how often the writer retries it.
 const SCRUB_RETRY: Duration = Duration::from_millis(100);
+
+/// When idle with its memory stale (see [`Writer::stale`]), how often the writer tries to read
+/// it back from the database again.
+const RELOAD_RETRY: Duration = Duration::from_secs(1);
+
+/// What a command gets while the writer's memory is stale.
+const STALE: &str = "the writer could not read its state back from the database after a lost transaction; \
+                     writes are refused until it can";
 
 /// Under continuous load, the longest the writer defers a due scrub. A scrub is a full
 /// checkpoint of the WAL, so it waits for an idle moment ([`SCRUB_RETRY`] without a command)
@@ -358,12 +367,43 @@ struct Writer {
     /// When the last group ended, and whether it had more than one command (see [`COMMIT_PACE`]).
     last_commit: std::time::Instant,
     last_group_shared: bool,
+    /// A transaction was lost and reading the journal, the IDTable or the pool index back from
+    /// the database failed: the memory may hold changes the file does not. Until a later reload
+    /// succeeds, every command is refused (its decision would rest on that memory, and a fold
+    /// would make a lost change durable) and nothing is folded; reads still answer from memory.
+    stale: bool,
+    /// Failures injected by unit tests.
+    #[cfg(test)]
+    faults: Arc<Faults>,
+}
+
+/// Failures a unit test injects into the writer: the next `commits` COMMITs fail as a lost
+/// transaction's would (the transaction is rolled back), the next `reloads` reloads fail.
+#[cfg(test)]
+#[derive(Debug, Default)]
+struct Faults {
+    commits: std::sync::atomic::AtomicUsize,
+    reloads: std::sync::atomic::AtomicUsize,
+}
+
+#[cfg(test)]
+impl Faults {
+    /// Takes one injected failure from `n`, if any is left.
+    fn take(n: &std::sync::atomic::AtomicUsize) -> bool {
+        n.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1)).is_ok()
+    }
+
+    fn error() -> rusqlite::Error {
+        rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR), None)
+    }
 }
 
 impl Writer {
     fn run(mut self, commands: mpsc::Receiver<Box<dyn Job>>) {
         loop {
-            let idle_work = if self.scrub_pending {
+            let idle_work = if self.stale {
+                Some(RELOAD_RETRY)
+            } else if self.scrub_pending {
                 Some(SCRUB_RETRY)
             } else if self.journal.rows() > 0 {
                 Some(JOURNAL_FOLD_IDLE)
@@ -374,7 +414,9 @@ impl Writer {
                 match commands.recv_timeout(wait) {
                     Ok(job) => job,
                     Err(RecvTimeoutError::Timeout) => {
-                        if self.scrub_pending {
+                        if self.stale {
+                            self.reload();
+                        } else if self.scrub_pending {
                             self.scrub();
                         } else {
                             self.fold();
@@ -407,6 +449,12 @@ impl Writer {
                 }
             }
             self.last_group_shared = group.len() > 1;
+            if self.stale && !self.reload() {
+                for job in group {
+                    job.abort(StorageError::Backend(STALE.into()));
+                }
+                continue;
+            }
             self.run_group(group);
             self.last_commit = std::time::Instant::now();
             if self.pass.is_none() && self.journal.rows() >= self.fold_rows {
@@ -422,7 +470,7 @@ impl Writer {
         // Every sender is gone and every command answered. The journal folded (the next open
         // replays less), and one last try at leaving no erased pair in the WAL; closing the
         // connection then checkpoints what is left.
-        if self.journal.rows() > 0 {
+        if self.journal.rows() > 0 && (!self.stale || self.reload()) {
             self.fold();
         }
         if self.scrub_pending {
@@ -438,6 +486,15 @@ impl Writer {
 
     fn begin(&self) -> Result<()> {
         self.statement("BEGIN IMMEDIATE").map_err(|e| backend("begin", e))
+    }
+
+    /// Commits the open transaction.
+    fn commit(&self) -> rusqlite::Result<()> {
+        #[cfg(test)]
+        if Faults::take(&self.faults.commits) {
+            return Err(Faults::error());
+        }
+        self.statement("COMMIT")
     }
 
     /// Runs a command alone in its transaction, without a savepoint: the transaction gives it
@@ -459,7 +516,7 @@ impl Writer {
             return;
         }
         let slice = self.fold_slice();
-        match self.statement("COMMIT") {
+        match self.commit() {
             Ok(()) => {
                 self.commits.fetch_add(1, Ordering::Relaxed);
                 self.scrub_pending |= scrubs;
@@ -570,7 +627,7 @@ impl Writer {
             }
         }
         let slice = self.fold_slice();
-        match self.statement("COMMIT") {
+        match self.commit() {
             Ok(()) => {
                 self.commits.fetch_add(1, Ordering::Relaxed);
                 self.scrub_pending |= scrub;
@@ -623,24 +680,48 @@ impl Writer {
     /// table (what this connection sees: committed, plus what the open transaction still holds).
     /// A command changes the journal and the IDTable only as its last step, so this is a
     /// safeguard; the IDTable needs no reload.
-    fn reload_journal(&self) {
+    /// If that fails, the writer's memory is [`Writer::stale`].
+    fn reload_journal(&mut self) {
         if let Err(e) = self.journal.reload(&self.conn) {
             tracing::error!(error = %backend("status journal reload", e), "sqlite writer");
+            self.stale = true;
         }
     }
 
     /// After a transaction was lost (rolled back whole, or its commit failed): the journal, the
     /// IDTable and the pool index in memory may hold changes that are not in the database; read
-    /// them back.
-    fn reload(&self) {
-        self.reload_journal();
-        match load_table(&self.conn, &self.journal) {
-            Ok(table) => *write_table(&self.table) = table,
-            Err(e) => tracing::error!(error = %backend("IDTable reload", e), "sqlite writer"),
+    /// them back. Returns whether all three were; if not, the memory is [`Writer::stale`] until
+    /// a later call succeeds (tried before the next group, and every [`RELOAD_RETRY`] when idle).
+    fn reload(&mut self) -> bool {
+        let failure = |what: &'static str, e: rusqlite::Error| {
+            tracing::error!(error = %backend(what, e), "sqlite writer");
+            false
+        };
+        // A fold pass under way was taken from the memory being replaced: the next starts afresh
+        // (folding is idempotent: each slice writes the states current when it runs).
+        self.pass = None;
+        #[cfg(test)]
+        if Faults::take(&self.faults.reloads) {
+            self.stale = !failure("status journal reload", Faults::error());
+            return false;
         }
-        if let Err(e) = self.pool.reload(&self.conn) {
-            tracing::error!(error = %backend("pool index reload", e), "sqlite writer");
+        let journal =
+            self.journal.reload(&self.conn).map_or_else(|e| failure("status journal reload", e), |()| true);
+        // The IDTable is built from the journal: only read back over a journal that was.
+        let table = journal
+            && match load_table(&self.conn, &self.journal) {
+                Ok(table) => {
+                    *write_table(&self.table) = table;
+                    true
+                }
+                Err(e) => failure("IDTable reload", e),
+            };
+        let pool = self.pool.reload(&self.conn).map_or_else(|e| failure("pool index reload", e), |()| true);
+        let was_stale = std::mem::replace(&mut self.stale, !(journal && table && pool));
+        if was_stale && !self.stale {
+            tracing::warn!("sqlite writer: state read back from the database; writes accepted again");
         }
+        !self.stale
     }
 
     /// Folds the status journal into `users` in a transaction of its own (see
@@ -764,6 +845,9 @@ pub struct SqliteStorage {
     table: Arc<RwLock<IdTable>>,
     /// Which pool row holds each slot (the writer's; read for the pool's depth).
     pool: Arc<PoolIndex>,
+    /// The writer's injected failures (unit tests).
+    #[cfg(test)]
+    faults: Arc<Faults>,
     /// Held (locked) while the store lives; dropped after the writer thread is joined.
     _lock: std::fs::File,
 }
@@ -832,6 +916,8 @@ impl SqliteStorage {
         pool.reload(&conn).map_err(|e| backend("load pool index", e))?;
 
         let commits = Arc::new(AtomicU64::new(0));
+        #[cfg(test)]
+        let faults = Arc::new(Faults::default());
         let (commands, receiver) = mpsc::channel::<Box<dyn Job>>();
         let writer = Writer {
             conn,
@@ -846,6 +932,9 @@ impl SqliteStorage {
             fsync,
             last_commit: std::time::Instant::now(),
             last_group_shared: false,
+            stale: false,
+            #[cfg(test)]
+            faults: Arc::clone(&faults),
         };
         let writer = std::thread::Builder::new()
             .name("robert-sqlite-writer".into())
@@ -863,6 +952,8 @@ impl SqliteStorage {
             journal,
             table,
             pool,
+            #[cfg(test)]
+            faults,
             _lock: lock,
         })
     }
@@ -1712,5 +1803,49 @@ mod tests {
         let rows: i64 =
             conn.query_row("SELECT count(*) FROM pool_declarations", [], |r| r.get(0)).expect("count");
         assert_eq!(rows, 0, "the row goes with its last pair");
+    }
+
+    /// A lost transaction whose read-back fails leaves the writer refusing commands until a
+    /// read-back succeeds; then what the lost transaction did is gone from memory as from the
+    /// file, and commands are accepted again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_reload_refuses_writes_until_one_succeeds() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("robert.sqlite");
+        let s = SqliteStorage::open(&path, false).expect("open");
+        let inject = |commits: usize, reloads: usize| {
+            s.faults.commits.store(commits, Ordering::SeqCst);
+            s.faults.reloads.store(reloads, Ordering::SeqCst);
+        };
+        assert!(s.insert_user(id(1), vec![1]).await.expect("insert"));
+
+        // The commit is lost, and so are the next two read-backs: the one right after it, and
+        // the one the next command tries first.
+        inject(1, 2);
+        s.insert_user(id(2), vec![2]).await.expect_err("commit lost");
+        let refused = s.insert_user(id(3), vec![3]).await.expect_err("refused while stale");
+        assert!(refused.to_string().contains("writes are refused"), "{refused}");
+        assert!(s.insert_user(id(4), vec![4]).await.expect("read back: accepted again"));
+        assert_eq!(s.load_user(id(2)).await.expect("load"), None, "the lost insert is gone from memory");
+        assert_eq!(s.load_user(id(3)).await.expect("load"), None, "the refused insert did nothing");
+
+        // The same for an ESR's status, which lives in the journal until folded.
+        inject(1, 1);
+        s.status_request(id(1), ep(10), 0, false).await.expect_err("commit lost");
+        assert_eq!(
+            s.status_request(id(1), ep(10), 0, false).await.expect("read back: accepted again"),
+            StatusOutcome::Answer { at_risk: false },
+            "the lost SRE_A does not make this ESR too early"
+        );
+        assert_eq!(s.load_user(id(1)).await.expect("load").expect("user").last_status_epoch, Some(ep(10)));
+        drop(s);
+
+        let s = SqliteStorage::open(&path, false).expect("reopen");
+        let mut registered = Vec::new();
+        for n in 1..=4 {
+            registered.push(s.load_user(id(n)).await.expect("load").is_some());
+        }
+        assert_eq!(registered, [true, false, false, true], "the file holds what was answered, nothing else");
+        assert_eq!(s.load_user(id(1)).await.expect("load").expect("user").last_status_epoch, Some(ep(10)));
     }
 }
