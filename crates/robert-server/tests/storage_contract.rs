@@ -73,23 +73,25 @@ async fn sqlite_folding_the_status_journal_at_every_commit_passes_the_contract()
     .await;
 }
 
-/// SRE_A / UN_A of `id` as the `users` row holds them, read from the file directly.
-fn users_row(file: &Path, id: u64) -> Option<(Option<i64>, bool)> {
+/// SRE_A / UN_A of a registered `id` as the file holds them (no `user_status` row: none yet),
+/// read from the file directly.
+fn status_row(file: &Path, id: u64) -> Option<(Option<i64>, bool)> {
     let conn = rusqlite::Connection::open(file).expect("open raw");
     rusqlite::OptionalExtension::optional(conn.query_row(
-        "SELECT sre, notified FROM users WHERE id = ?1",
+        "SELECT s.sre, coalesce(s.notified, 0) FROM users u LEFT JOIN user_status s ON s.id = u.id \
+         WHERE u.id = ?1",
         [i64::try_from(id).expect("small")],
         |row| Ok((row.get(0)?, row.get(1)?)),
     ))
     .expect("query")
 }
 
-/// The status journal (ESR state appended to a log, folded into `users` later) is as durable as
+/// The status journal (ESR state appended to a log, folded into `user_status` later) is as durable as
 /// the row it stands for: after a reopen, without a fold, every ESR's SRE_A / UN_A is there (the
 /// T limit still holds), an unregistered ID drawn again starts clean, a reset stays reset; and a
-/// fold writes exactly that state into `users`.
+/// fold writes exactly that state into `user_status`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_status_journal_survives_a_reopen_and_folds_into_users() {
+async fn sqlite_status_journal_survives_a_reopen_and_folds_into_user_status() {
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("robert.sqlite");
     let (a, b, c) = (id(1), id(2), id(3));
@@ -124,13 +126,13 @@ async fn sqlite_status_journal_survives_a_reopen_and_folds_into_users() {
     );
     assert_eq!(s.status_request(a, ep(20), 3, true).await.expect("esr"), StatusOutcome::Rejected, "acked");
     drop(s);
-    // A fold at every commit: one more command folds everything into `users`.
+    // A fold at every commit: one more command folds everything into `user_status`.
     let s = SqliteStorage::open_with(&file, true, 1).expect("reopen");
     assert_eq!(s.status_request(c, ep(30), 3, false).await.expect("esr"), answer(false));
     drop(s);
-    assert_eq!(users_row(&file, 1), Some((Some(9), true)));
-    assert_eq!(users_row(&file, 2), Some((None, false)));
-    assert_eq!(users_row(&file, 3), Some((Some(30), false)));
+    assert_eq!(status_row(&file, 1), Some((Some(9), true)));
+    assert_eq!(status_row(&file, 2), Some((None, false)));
+    assert_eq!(status_row(&file, 3), Some((Some(30), false)));
     let conn = rusqlite::Connection::open(&file).expect("open raw");
     let left: i64 = conn.query_row("SELECT count(*) FROM status_log", [], |r| r.get(0)).expect("count");
     assert_eq!(left, 0, "a fold empties the log");

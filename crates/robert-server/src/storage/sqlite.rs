@@ -13,7 +13,7 @@
 //!   A command that fails rolls back alone (its savepoint) and gets its own error; if the commit
 //!   itself fails, every command of the group gets an error, and none of them happened.
 //! - **ESRs append, folds rewrite.** What an ESR changes (SRE_A, UN_A) is appended to a status
-//!   journal in the same transaction and folded into `users` in key order, a slice per group
+//!   journal in the same transaction and folded into `user_status` in key order, a slice per group
 //!   once it holds [`JOURNAL_FOLD_ROWS`] rows, whole when the writer is idle (see
 //!   [`super::status_journal`]): one page write per hundred-odd ESRs instead of one random page
 //!   each. An unregistered user's last ESR epoch and UN_A stay in the journal until the next
@@ -99,7 +99,7 @@ const WRITER_CACHE_KIB: i64 = 64 * 1024;
 /// WAL size (pages of 4 KiB) at which a commit checkpoints it into the database file: 64 MiB.
 const WAL_AUTOCHECKPOINT_PAGES: i64 = 16 * 1024;
 
-/// Rows of the status journal at which the writer starts folding it into `users`, in slices
+/// Rows of the status journal at which the writer starts folding it into `user_status`, in slices
 /// of about a millisecond within the groups that follow (see [`super::status_journal`]): about
 /// 10 MB of memory. The larger, the fewer times each `users` page is rewritten per ESR.
 pub const JOURNAL_FOLD_ROWS: u64 = 1 << 18;
@@ -213,6 +213,18 @@ const MIGRATIONS: &[&str] = &[
      INSERT INTO exposures (epoch, id, hellos, rssi_sum, rssi_count)
          SELECT epoch, id, hellos, rssi_sum, rssi_count FROM exposures_v3;
      DROP TABLE exposures_v3;",
+    // 5: SRE_A and UN_A in a table of their own, one short row per ID that has had an ESR
+    // (storage/status_journal.rs): a fold rewrites a page per ~300 IDs instead of per ~30
+    // `users` rows (each carries its wrapped keys).
+    "CREATE TABLE user_status (
+         id INTEGER PRIMARY KEY,
+         sre INTEGER,
+         notified INTEGER NOT NULL
+     );
+     INSERT INTO user_status (id, sre, notified)
+         SELECT id, sre, notified FROM users WHERE sre IS NOT NULL OR notified != 0;
+     ALTER TABLE users DROP COLUMN sre;
+     ALTER TABLE users DROP COLUMN notified;",
 ];
 
 /// The schema version this binary writes.
@@ -724,7 +736,7 @@ impl Writer {
         !self.stale
     }
 
-    /// Folds the status journal into `users` in a transaction of its own (see
+    /// Folds the status journal into `user_status` in a transaction of its own (see
     /// [`super::status_journal`]). On failure nothing changed and the journal stays as it is.
     fn fold(&mut self) {
         // Everything pending, so whatever a pass under way had left to do.
@@ -1101,16 +1113,16 @@ fn load_table(conn: &Connection, journal: &Journal) -> rusqlite::Result<IdTable>
     let mut table = IdTable::default();
     let users: i64 = conn.query_row("SELECT count(*) FROM users", [], |row| row.get(0))?;
     table.reserve(usize::try_from(users).unwrap_or(0));
-    let mut stmt = conn.prepare("SELECT id, keys, notified, acknowledged, sre FROM users")?;
+    let mut stmt = conn.prepare("SELECT id, keys, acknowledged FROM users")?;
     let mut rows = stmt.query([])?;
     while let Some(row) = rows.next()? {
-        table.restore(
-            id_from_sql(row.get(0)?)?,
-            row.get(1)?,
-            row.get(2)?,
-            row.get(3)?,
-            row.get::<_, Option<i64>>(4)?.map(epoch_from_sql).transpose()?,
-        );
+        table.restore(id_from_sql(row.get(0)?)?, row.get(1)?, false, row.get(2)?, None);
+    }
+    let mut stmt = conn.prepare("SELECT id, sre, notified FROM user_status")?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        let sre = row.get::<_, Option<i64>>(1)?.map(epoch_from_sql).transpose()?;
+        table.set_status(id_from_sql(row.get(0)?)?, sre, row.get(2)?);
     }
     let mut stmt = conn.prepare("SELECT id, epoch, hellos, rssi_sum, rssi_count FROM exposures")?;
     let mut rows = stmt.query([])?;
@@ -1295,7 +1307,8 @@ impl Storage for SqliteStorage {
             if !read_table(table).contains(id) || !spend_token(conn, &token)? {
                 return Ok(false);
             }
-            conn.prepare_cached("UPDATE users SET notified = 0, acknowledged = 0 WHERE id = ?1")?
+            conn.prepare_cached("UPDATE users SET acknowledged = 0 WHERE id = ?1")?.execute([id_sql(id)])?;
+            conn.prepare_cached("UPDATE user_status SET notified = 0 WHERE id = ?1")?
                 .execute([id_sql(id)])?;
             delete_exposures(conn, table, id)?;
             if let Some(p) = journal.get(id_sql(id)) {
@@ -1313,6 +1326,7 @@ impl Storage for SqliteStorage {
                 return Ok(false);
             }
             conn.prepare_cached("DELETE FROM users WHERE id = ?1")?.execute([id_sql(id)])?;
+            conn.prepare_cached("DELETE FROM user_status WHERE id = ?1")?.execute([id_sql(id)])?;
             delete_exposures(conn, table, id)?;
             journal.remove(conn, id_sql(id))?;
             Ok(write_table(table).remove(id))
@@ -1592,8 +1606,8 @@ mod tests {
         (dir, conn)
     }
 
-    /// A file of schema 3 (pool one row per pair, LEE_A keyed by (ID, epoch)) opens as the current
-    /// schema with its pending pairs, LEE_A and users kept.
+    /// A file of schema 3 (pool one row per pair, LEE_A keyed by (ID, epoch), SRE_A / UN_A in
+    /// `users`) opens as the current schema with its pending pairs, LEE_A and users kept.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn schema_3_file_migrates_with_pool_and_lee_kept() {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -1605,7 +1619,8 @@ mod tests {
             }
             conn.pragma_update(None, "user_version", 3).expect("user_version");
             conn.execute_batch(
-                "INSERT INTO users (id, keys) VALUES (7, x'11'), (9, x'22');
+                "INSERT INTO users (id, keys, notified, acknowledged, sre)
+                     VALUES (7, x'11', 1, 1, 42), (9, x'22', 0, 0, NULL), (11, x'33', 0, 0, 40);
                  INSERT INTO exposures VALUES (7, 100, 3, -180, 3), (7, 90, 1, 0, 0), (9, 100, 2, -100, 2);
                  INSERT INTO pool VALUES (x'01010101010101010101010101010101', x'AABB'),
                                          (x'02020202020202020202020202020202', x'');",
@@ -1613,6 +1628,12 @@ mod tests {
             .expect("old rows");
         }
         let s = SqliteStorage::open(&path, false).expect("open migrates");
+        let status = |u: UserRecord| (u.last_status_epoch, u.notified, u.acknowledged);
+        for (n, want) in
+            [(7, (Some(ep(42)), true, true)), (9, (None, false, false)), (11, (Some(ep(40)), false, false))]
+        {
+            assert_eq!(status(s.load_user(id(n)).await.expect("load").expect("registered")), want, "ID {n}");
+        }
         let lee = s.load_user(id(7)).await.expect("load").expect("registered").exposures;
         assert_eq!(
             lee,
@@ -1659,11 +1680,21 @@ mod tests {
         let conn = Connection::open(&path).expect("open raw");
         let rows: i64 = conn.query_row("SELECT count(*) FROM exposures", [], |r| r.get(0)).expect("count");
         assert_eq!(rows, 1, "expired and deleted rows gone from the file");
+        let status: Vec<(i64, Option<i64>, bool)> = conn
+            .prepare("SELECT id, sre, notified FROM user_status")
+            .and_then(|mut q| q.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect())
+            .expect("user_status");
+        assert_eq!(status, vec![(7, Some(42), true), (11, Some(40), false)], "only IDs with a status");
+        let users: Vec<String> = conn
+            .prepare("SELECT name FROM pragma_table_info('users')")
+            .and_then(|mut q| q.query_map([], |r| r.get(0))?.collect())
+            .expect("columns");
+        assert_eq!(users, ["id", "keys", "acknowledged"]);
     }
 
     /// A fold in slices, interleaved with ESRs, unregistrations (with the ID drawn again) and
-    /// resets: after every committed slice, what a restart would rebuild (the `users` rows with
-    /// the log replayed over them) is the state every command left; at the end the log holds only
+    /// resets: after every committed slice, what a restart would rebuild (the `user_status` rows
+    /// with the log replayed over them) is the state every command left; at the end the log holds only
     /// rows newer than the pass, and the journal counts them.
     #[test]
     fn a_fold_in_slices_keeps_every_state_at_every_step() {
@@ -1718,6 +1749,7 @@ mod tests {
                     2 => {
                         // Unregistered, and the ID drawn again: a fresh user.
                         conn.execute("DELETE FROM users WHERE id = ?1", [id as i64]).expect("delete");
+                        conn.execute("DELETE FROM user_status WHERE id = ?1", [id as i64]).expect("delete");
                         journal.remove(&conn, id as i64).expect("tombstone");
                         conn.execute("INSERT INTO users (id, keys) VALUES (?1, x'00')", [id as i64])
                             .expect("again");
@@ -1725,7 +1757,7 @@ mod tests {
                     }
                     _ => {
                         // A reset, as `reset_status` does it.
-                        conn.execute("UPDATE users SET notified = 0 WHERE id = ?1", [id as i64])
+                        conn.execute("UPDATE user_status SET notified = 0 WHERE id = ?1", [id as i64])
                             .expect("reset");
                         if let Some(p) = journal.get(id as i64) {
                             journal

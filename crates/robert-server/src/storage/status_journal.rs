@@ -1,19 +1,23 @@
-//! The SQLite backend's status journal: what ESRs change in `users` (SRE_A and UN_A, §7 steps
-//! 7–8), appended to a log table and later folded into `users` in key order.
+//! The SQLite backend's status journal: what ESRs change in `user_status` (SRE_A and UN_A, §7
+//! steps 7–8), appended to a log table and later folded into `user_status` in key order.
 //!
-//! Why: an ESR changes one row of a random `users` page. Written in place, each ESR costs a 4 KiB
-//! WAL frame (copied and checksummed), then a checkpoint copy of that page into the database
-//! file: at 1 M IDs that was most of the writer thread's time, and the writer is the one thread
-//! every ESR waits for. Appended to `status_log` (rowid order, so always the last page), a hundred
-//! and more ESRs share one page write. The fold later rewrites `users` once per *page*, however
-//! many of its rows changed, and in key order.
+//! Why: an ESR changes one row of a random page. Written in place, each ESR costs a 4 KiB WAL
+//! frame (copied and checksummed), then a checkpoint copy of that page into the database file:
+//! at 1 M IDs that was most of the writer thread's time, and the writer is the one thread every
+//! ESR waits for. Appended to `status_log` (rowid order, so always the last page), a hundred and
+//! more ESRs share one page write. The fold later rewrites each `user_status` page once, however
+//! many of its rows changed, and in key order. `user_status` holds only the ID, SRE_A and UN_A
+//! (about 300 rows a page), not the `users` row with its wrapped keys (about 30 a page), so a
+//! fold of the IDs pending at 1 M IDs rewrites a tenth of the pages: under `robert bench status`
+//! the writer had spent a quarter of its time folding, and its WAL and checkpoint writes were
+//! mostly the fold's.
 //!
 //! How it stays correct:
 //! - `status_log` rows are written in the same transaction as the rest of the command, so they
 //!   are exactly as durable as an in-place update; a restart replays the log (in `seq` order,
 //!   latest state wins) into memory.
 //! - In memory, [`Journal`] maps each ID with log rows to its latest state: what a fold writes,
-//!   and, when the store opens, what is laid over the `users` rows to rebuild the in-memory
+//!   and, when the store opens, what is laid over the `user_status` rows to rebuild the in-memory
 //!   IDTable (which, not this map, is what reads and the writer's decisions use). The writer
 //!   thread (the only writer) changes it only as the last step of a command that succeeded; if
 //!   a transaction then fails to commit, the writer reloads it from the table (the committed
@@ -23,20 +27,20 @@
 //! - A fold under load runs in slices ([`FoldPass`]), so that writes never wait for a whole one
 //!   (a fold of 262,144 rows at 1 M IDs took over half a second, during which every ESR waited).
 //!   A pass takes the pending IDs as of the log's last row `upto`, in ID order; the writer
-//!   writes a few hundred of them into `users` inside each group's transaction (each with its
+//!   writes a few hundred of them into `user_status` inside each group's transaction (each with its
 //!   *current* state, skipping IDs unregistered meanwhile), then deletes the log rows up to
 //!   `upto` in slices too, and only then forgets the states no newer than `upto`. At any point a
-//!   replay is still right: each `users` row written holds a state no older than any log row
+//!   replay is still right: each `user_status` row written holds a state no older than any log row
 //!   deleted so far, and the rows left are replayed over it in `seq` order, the latest last.
 //! - When the writer is idle, and when the store closes, it folds everything in one
-//!   transaction: every pending state written into `users` in ID order, the log emptied,
+//!   transaction: every pending state written into `user_status` in ID order, the log emptied,
 //!   committed; only then is the map cleared.
 
 use rusqlite::{Connection, params};
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-/// States a fold slice writes into `users` (about half a millisecond of the writer's time at 1 M IDs;
+/// States a fold slice writes into `user_status` (about half a millisecond of the writer's time at 1 M IDs;
 /// at 80k ESRs/s the writer commits about a thousand groups a second, so this folds over three
 /// times faster than ESRs append).
 const SLICE_STATES: usize = 256;
@@ -44,13 +48,25 @@ const SLICE_STATES: usize = 256;
 /// Log rows a fold slice deletes once a pass has written its states.
 const SLICE_ROWS: i64 = 16_384;
 
-/// Pending SRE_A / UN_A of one ID, newer than its `users` row.
+/// Pending SRE_A / UN_A of one ID, newer than its `user_status` row (if it has one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Pending {
     /// SRE_A: the epoch of the last ESR answered (§7 step 8).
     pub sre: Option<i64>,
     /// UN_A: the user was told they are at risk.
     pub notified: bool,
+}
+
+/// Writes each ID's state into `user_status` (inserted on its first fold), in the order given.
+fn write_states(conn: &Connection, states: &[(i64, Pending)]) -> rusqlite::Result<()> {
+    let mut upsert = conn.prepare_cached(
+        "INSERT INTO user_status (id, sre, notified) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (id) DO UPDATE SET sre = excluded.sre, notified = excluded.notified",
+    )?;
+    for (id, p) in states {
+        upsert.execute(params![id, p.sre, p.notified])?;
+    }
+    Ok(())
 }
 
 /// `status_log.state` of a tombstone: the ID was unregistered.
@@ -83,7 +99,7 @@ struct Inner {
 pub(crate) struct FoldPass {
     upto: i64,
     ids: Vec<i64>,
-    /// IDs whose state is in `users` (committed slices).
+    /// IDs whose state is in `user_status` (committed slices).
     written: usize,
     /// Log rows up to this `seq` are deleted (committed slices), once every ID is written.
     deleted_upto: i64,
@@ -104,7 +120,7 @@ impl std::fmt::Debug for FoldPass {
 /// What one slice did, applied to the pass once its transaction committed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Slice {
-    /// Wrote this many more states into `users`.
+    /// Wrote this many more states into `user_status`.
     Wrote(usize),
     /// Deleted the log rows up to `to` (`seq`), `rows` of them.
     Deleted { to: i64, rows: u64 },
@@ -178,16 +194,13 @@ impl Journal {
         Ok(())
     }
 
-    /// Writes every pending state into `users`, in ID order, and empties the log, in the
+    /// Writes every pending state into `user_status`, in ID order, and empties the log, in the
     /// caller's transaction. Returns the IDs written. The caller calls [`Journal::clear`] once
     /// the transaction committed, and nothing if it did not.
     pub(crate) fn fold(&self, conn: &Connection) -> rusqlite::Result<usize> {
         let mut states = self.pending();
         states.sort_unstable_by_key(|&(id, _)| id);
-        let mut update = conn.prepare_cached("UPDATE users SET sre = ?2, notified = ?3 WHERE id = ?1")?;
-        for (id, p) in &states {
-            update.execute(params![id, p.sre, p.notified])?;
-        }
+        write_states(conn, &states)?;
         conn.prepare_cached("DELETE FROM status_log")?.execute([])?;
         Ok(states.len())
     }
@@ -208,7 +221,7 @@ impl Journal {
     }
 
     /// The pass's next slice, in the caller's transaction: the next IDs' current states into
-    /// `users` (`scale` × [`SLICE_STATES`] of them), or, once all are written, the next log rows
+    /// `user_status` (`scale` × [`SLICE_STATES`] of them), or, once all are written, the next log rows
     /// up to `upto` deleted. `None` when the pass is done. Changes nothing in memory: the caller
     /// applies the slice to the pass ([`Journal::advance`]) once its transaction committed.
     pub(crate) fn fold_slice(
@@ -225,10 +238,7 @@ impl Journal {
                 // a new registration of the same ID, which starts clean.
                 ids.iter().filter_map(|id| inner.pending.get(id).map(|(p, _)| (*id, *p))).collect()
             };
-            let mut update = conn.prepare_cached("UPDATE users SET sre = ?2, notified = ?3 WHERE id = ?1")?;
-            for (id, p) in &states {
-                update.execute(params![id, p.sre, p.notified])?;
-            }
+            write_states(conn, &states)?;
             return Ok(Some(Slice::Wrote(ids.len())));
         }
         if pass.deleted_upto < pass.upto {
@@ -242,7 +252,7 @@ impl Journal {
     }
 
     /// A committed slice's deleted rows are no longer in the log; the pass is done once the last
-    /// is: forgets every state no newer than its `upto` (written into `users`). Returns whether
+    /// is: forgets every state no newer than its `upto` (written into `user_status`). Returns whether
     /// the pass is done.
     pub(crate) fn advance(&self, pass: &mut FoldPass, slice: Slice) -> bool {
         match slice {
