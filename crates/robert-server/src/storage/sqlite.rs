@@ -101,7 +101,7 @@ const WAL_AUTOCHECKPOINT_PAGES: i64 = 16 * 1024;
 
 /// Rows of the status journal at which the writer starts folding it into `user_status`, in slices
 /// of about a millisecond within the groups that follow (see [`super::status_journal`]): about
-/// 10 MB of memory. The larger, the fewer times each `users` page is rewritten per ESR.
+/// 10 MB of memory. The larger, the fewer times each `user_status` page is rewritten per ESR.
 pub const JOURNAL_FOLD_ROWS: u64 = 1 << 18;
 
 /// An idle writer folds whatever the journal holds after this long without a command.
@@ -705,31 +705,31 @@ impl Writer {
     /// them back. Returns whether all three were; if not, the memory is [`Writer::stale`] until
     /// a later call succeeds (tried before the next group, and every [`RELOAD_RETRY`] when idle).
     fn reload(&mut self) -> bool {
-        let failure = |what: &'static str, e: rusqlite::Error| {
-            tracing::error!(error = %backend(what, e), "sqlite writer");
-            false
-        };
         // A fold pass under way was taken from the memory being replaced: the next starts afresh
         // (folding is idempotent: each slice writes the states current when it runs).
         self.pass = None;
+        let was_stale = std::mem::replace(&mut self.stale, false);
         #[cfg(test)]
         if Faults::take(&self.faults.reloads) {
-            self.stale = !failure("status journal reload", Faults::error());
+            tracing::error!(error = %backend("status journal reload", Faults::error()), "sqlite writer");
+            self.stale = true;
             return false;
         }
-        let journal =
-            self.journal.reload(&self.conn).map_or_else(|e| failure("status journal reload", e), |()| true);
+        self.reload_journal();
         // The IDTable is built from the journal: only read back over a journal that was.
-        let table = journal
-            && match load_table(&self.conn, &self.journal) {
-                Ok(table) => {
-                    *write_table(&self.table) = table;
-                    true
+        if !self.stale {
+            match load_table(&self.conn, &self.journal) {
+                Ok(table) => *write_table(&self.table) = table,
+                Err(e) => {
+                    tracing::error!(error = %backend("IDTable reload", e), "sqlite writer");
+                    self.stale = true;
                 }
-                Err(e) => failure("IDTable reload", e),
-            };
-        let pool = self.pool.reload(&self.conn).map_or_else(|e| failure("pool index reload", e), |()| true);
-        let was_stale = std::mem::replace(&mut self.stale, !(journal && table && pool));
+            }
+        }
+        if let Err(e) = self.pool.reload(&self.conn) {
+            tracing::error!(error = %backend("pool index reload", e), "sqlite writer");
+            self.stale = true;
+        }
         if was_stale && !self.stale {
             tracing::warn!("sqlite writer: state read back from the database; writes accepted again");
         }
