@@ -269,6 +269,28 @@ async fn registration_challenge_is_spent_durably() {
     server.stop().await;
 }
 
+/// A challenge's nonce starts with its issue time in microseconds, so that spent challenges are
+/// remembered in issue order (an insert at the end of the index, not on a random page); the rest
+/// of the nonce is random, so two challenges never share one.
+#[tokio::test]
+async fn challenge_nonces_are_in_issue_order_and_distinct() {
+    let server = TestServer::start(test_config()).await;
+    let mut nonces = Vec::new();
+    for _ in 0..20 {
+        let ch: ChallengeResponse =
+            server.post("/api/v1/register/challenge", &()).await.json().await.expect("json");
+        let c = b64_decode("challenge", &ch.challenge).expect("b64");
+        nonces.push(<[u8; 16]>::try_from(&c[..16]).expect("16 bytes"));
+    }
+    let micros = |n: &[u8; 16]| u64::from_be_bytes(n[..8].try_into().expect("8 bytes"));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_micros();
+    assert!(nonces.windows(2).all(|w| micros(&w[0]) <= micros(&w[1])), "issue order");
+    assert!(u128::from(micros(&nonces[19])) <= now && now - u128::from(micros(&nonces[0])) < 60_000_000);
+    let distinct: std::collections::HashSet<_> = nonces.iter().map(|n| n[8..].to_vec()).collect();
+    assert_eq!(distinct.len(), nonces.len(), "random tails");
+    server.stop().await;
+}
+
 /// Declarations need a valid, unused `declare` token; a refused one stores nothing.
 #[tokio::test]
 async fn report_token_checks_store_nothing() {

@@ -226,7 +226,9 @@ pub trait Storage: Send + Sync + 'static {
     ///   unspent, so the caller can draw another ID and call again with the same token);
     /// - otherwise both writes → [`RegisterOutcome::Registered`].
     ///
-    /// One call, one commit (one fsync) per registration instead of two.
+    /// One call, one commit (one fsync) per registration instead of two. If it fails (`Err`), the
+    /// token may be left spent without the ID (the App's challenge is used up: it fetches
+    /// another), never the ID registered with its token unspent.
     fn register_user(
         &self,
         token: TokenUse,

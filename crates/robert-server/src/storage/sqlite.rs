@@ -287,8 +287,10 @@ fn count_from_sql(v: i64) -> u32 {
 enum Mode {
     /// In a savepoint of its own within the group's transaction: it is undone alone if it fails.
     Savepoint,
-    /// At most one statement changes the database: SQLite undoes a failed statement by itself, so
-    /// the command needs no savepoint (two statements fewer per command: an ESR is one of these).
+    /// No savepoint (two statements fewer per command: an ESR is one of these). SQLite undoes a
+    /// failed statement by itself, so this fits a command of one statement that changes the
+    /// database, or of several where what the earlier ones did may stand if a later one fails
+    /// (a registration's spent challenge without its user).
     OneStatement,
     /// In a savepoint, and it erases uploaded pairs: the WAL is scrubbed after it commits.
     Scrubs,
@@ -1239,7 +1241,9 @@ impl Storage for SqliteStorage {
     }
 
     async fn register_user(&self, token: TokenUse, id: Id, wrapped_keys: Vec<u8>) -> Result<RegisterOutcome> {
-        self.write_table("register user", Mode::Savepoint, move |conn, table| {
+        // No savepoint: if the insert fails after the spend, the spend alone stands (the App's
+        // challenge is used up and it fetches another); the reverse order could not be left so.
+        self.write_table("register user", Mode::OneStatement, move |conn, table| {
             if read_table(table).contains(id) {
                 return Ok(RegisterOutcome::IdTaken);
             }
