@@ -18,10 +18,9 @@
 
 mod common;
 
-use common::{DEADLINE, ServerProcess};
+use common::{App, DEADLINE, ServerProcess, metric, now_ntp, now_unix};
 
 use robert_proto::api::*;
-use robert_proto::sealed::{self, EbidEntry};
 use robert_proto::*;
 use robert_server::keystore::ServerSecrets;
 use robert_server::token::{AuthorityKey, Purpose, TrustedAuthorities};
@@ -40,78 +39,6 @@ const PAIRS: usize = 100;
 const TASKS: usize = 8;
 /// The child is killed once this many declarations have been answered `202`.
 const KILL_AFTER: usize = APPS / 3;
-
-// ---------------------------------------------------------------------------------------------
-// A minimal App over HTTP, from robert-proto only (as in robert-server's tests/common).
-
-struct App {
-    keys: SessionKeys,
-    auth: AuthKey,
-    list: Vec<EbidEntry>,
-    schedule: EpochSchedule,
-}
-
-impl App {
-    async fn register(http: &reqwest::Client, url: &str) -> Self {
-        let ch: ChallengeResponse = http
-            .post(format!("{url}/api/v1/register/challenge"))
-            .send()
-            .await
-            .expect("challenge")
-            .json()
-            .await
-            .expect("challenge json");
-        let challenge = b64_decode("challenge", &ch.challenge).expect("b64");
-        let solution = pow::solve(&challenge, ch.difficulty, 0).expect("solvable");
-        let key: ServerKeyResponse = http
-            .get(format!("{url}/api/v1/server-key"))
-            .send()
-            .await
-            .expect("server key")
-            .json()
-            .await
-            .expect("server key json");
-        let server_pk =
-            PublicKey::parse("pk", &b64_decode("pk", &key.public_key).expect("b64")).expect("point");
-        let eph = AppEphemeralKey::generate(&mut rand::rng());
-        let req = RegisterRequest {
-            challenge: ch.challenge.clone(),
-            solution: b64_encode(&solution),
-            client_public_key: b64_encode(eph.public_key().as_bytes()),
-        };
-        let resp = http.post(format!("{url}/api/v1/register")).json(&req).send().await.expect("register");
-        assert_eq!(resp.status(), 201);
-        let reg: RegisterResponse = resp.json().await.expect("register json");
-        let keys = eph.agree(&server_pk);
-        let list = sealed::open(&keys.k_enc, &b64_decode("ebids", &reg.ebids).expect("b64")).expect("opens");
-        assert_eq!(list.first().map(|e| e.epoch.number()), Some(reg.epoch));
-        let schedule = EpochSchedule::new(NtpTime::new(reg.service_start_ntp), reg.epoch_duration_sec)
-            .expect("positive epoch duration");
-        let auth = AuthKey::new(&keys.k_auth);
-        Self { keys, auth, list, schedule }
-    }
-
-    /// The first second this App holds an EBID for.
-    fn first_covered(&self) -> NtpTime {
-        let first = self.list.first().expect("a non-empty list").epoch;
-        self.schedule.epoch_start(first).expect("in era 0")
-    }
-
-    /// The HELLO this App broadcast at `t` (§5.1), with the EBID of `t`'s epoch.
-    fn hello(&self, t: NtpTime) -> Hello {
-        let epoch = self.schedule.epoch_at(t).expect("after the service start");
-        let e = self.list.iter().find(|e| e.epoch == epoch).expect("the list covers t");
-        Hello::build(&self.auth, e.ecc, e.ebid, t)
-    }
-}
-
-fn now_unix() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_secs()
-}
-
-fn now_ntp() -> NtpTime {
-    NtpTime::from_unix(now_unix()).expect("NTP era 0")
-}
 
 // ---------------------------------------------------------------------------------------------
 // Declarations and what became of them.
@@ -163,11 +90,6 @@ async fn send(http: &reqwest::Client, url: &str, d: &Declaration) -> Outcome {
         202 => Outcome::Accepted(resp.json::<ReportResponse>().await.ok().map(|r| r.accepted)),
         other => Outcome::Status(other),
     }
-}
-
-/// The value of an unlabelled metric in a Prometheus text page.
-fn metric(page: &str, name: &str) -> Option<u64> {
-    page.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::{DEADLINE, ServerProcess};
+use common::{DEADLINE, ServerProcess, metric, metrics, now_unix};
 use robert_proto::api::{ContactBody, ReportRequest, b64_decode};
 use robert_proto::*;
 use robert_server::federation::Batch;
@@ -44,10 +44,6 @@ fn keygen(dir: &Path) {
 
 fn read_hex(path: &Path) -> Vec<u8> {
     hex::decode(std::fs::read_to_string(path).expect("key file").trim()).expect("hex")
-}
-
-fn now_unix() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_secs()
 }
 
 fn write_config(dir: &Path, cc: u8, peer_cc: u8, peer_url: &str, peer_key: &str) -> PathBuf {
@@ -91,15 +87,6 @@ public_key = "{peer_key}"
     let path = dir.join("robert.toml");
     std::fs::write(&path, config).expect("write config");
     path
-}
-
-/// The value of a metric line (`name` includes its labels) in a Prometheus text page.
-fn metric(page: &str, name: &str) -> Option<u64> {
-    page.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
-async fn metrics(http: &reqwest::Client, url: &str) -> String {
-    http.get(format!("{url}/metrics")).send().await.expect("metrics").text().await.expect("text")
 }
 
 /// Polls `url`'s metrics until `cond` holds on the page; returns that page.

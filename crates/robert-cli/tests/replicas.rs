@@ -20,10 +20,9 @@
 
 mod common;
 
-use common::{DEADLINE, ServerProcess};
+use common::{App, DEADLINE, ServerProcess, metric, metrics, now_ntp, now_unix};
 
 use robert_proto::api::*;
-use robert_proto::sealed::{self, EbidEntry};
 use robert_proto::*;
 use robert_server::storage::postgres::PostgresStorage;
 use robert_server::token::{AuthorityKey, Purpose};
@@ -44,81 +43,6 @@ const ESR_WAVE: usize = 6;
 
 const URL_VAR: &str = "ROBERT_TEST_POSTGRES_URL";
 
-struct App {
-    auth: AuthKey,
-    list: Vec<EbidEntry>,
-    schedule: EpochSchedule,
-}
-
-impl App {
-    async fn register(http: &reqwest::Client, url: &str) -> Self {
-        let ch: ChallengeResponse = http
-            .post(format!("{url}/api/v1/register/challenge"))
-            .send()
-            .await
-            .expect("challenge")
-            .json()
-            .await
-            .expect("challenge json");
-        let challenge = b64_decode("challenge", &ch.challenge).expect("b64");
-        let solution = pow::solve(&challenge, ch.difficulty, 0).expect("solvable");
-        let key: ServerKeyResponse = http
-            .get(format!("{url}/api/v1/server-key"))
-            .send()
-            .await
-            .expect("server key")
-            .json()
-            .await
-            .expect("server key json");
-        let server_pk =
-            PublicKey::parse("pk", &b64_decode("pk", &key.public_key).expect("b64")).expect("point");
-        let eph = AppEphemeralKey::generate(&mut rand::rng());
-        let req = RegisterRequest {
-            challenge: ch.challenge.clone(),
-            solution: b64_encode(&solution),
-            client_public_key: b64_encode(eph.public_key().as_bytes()),
-        };
-        let resp = http.post(format!("{url}/api/v1/register")).json(&req).send().await.expect("register");
-        assert_eq!(resp.status(), 201);
-        let reg: RegisterResponse = resp.json().await.expect("register json");
-        let keys = eph.agree(&server_pk);
-        let list = sealed::open(&keys.k_enc, &b64_decode("ebids", &reg.ebids).expect("b64")).expect("opens");
-        let schedule = EpochSchedule::new(NtpTime::new(reg.service_start_ntp), reg.epoch_duration_sec)
-            .expect("positive epoch duration");
-        Self { auth: AuthKey::new(&keys.k_auth), list, schedule }
-    }
-
-    fn entry_at(&self, t: NtpTime) -> &EbidEntry {
-        let epoch = self.schedule.epoch_at(t).expect("after the service start");
-        self.list.iter().find(|e| e.epoch == epoch).expect("the list covers t")
-    }
-
-    fn first_covered(&self) -> NtpTime {
-        let first = self.list.first().expect("a non-empty list").epoch;
-        self.schedule.epoch_start(first).expect("in era 0")
-    }
-
-    fn hello(&self, t: NtpTime) -> Hello {
-        let e = self.entry_at(t);
-        Hello::build(&self.auth, e.ecc, e.ebid, t)
-    }
-
-    /// An authenticated request of kind `code` now, with the EBID of the current epoch.
-    fn request(&self, code: RequestCode) -> AuthRequestBody {
-        let now = now_ntp();
-        let e = self.entry_at(now);
-        AuthRequestBody::from_request(&AuthRequest::new(&self.auth, code, e.ebid, e.epoch, now))
-    }
-}
-
-fn now_unix() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_secs()
-}
-
-fn now_ntp() -> NtpTime {
-    NtpTime::from_unix(now_unix()).expect("NTP era 0")
-}
-
 /// `PAIRS` HELLOs of Apps `a` and `b` (half each), heard at their broadcast times within the last
 /// two minutes.
 fn declaration(a: &App, b: &App) -> ReportRequest {
@@ -133,15 +57,6 @@ fn declaration(a: &App, b: &App) -> ReportRequest {
         })
         .collect();
     ReportRequest { contacts }
-}
-
-/// The value of an unlabelled metric in a Prometheus text page.
-fn metric(page: &str, name: &str) -> Option<u64> {
-    page.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
-async fn metrics(http: &reqwest::Client, url: &str) -> String {
-    http.get(format!("{url}/metrics")).send().await.expect("metrics").text().await.expect("metrics text")
 }
 
 /// `base` with `-c search_path=schema` added to its connection options.

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{DEADLINE, ServerProcess};
+use common::{DEADLINE, ServerProcess, now_unix};
 
 use robert_server::token::{Purpose, TokenError, TrustedAuthorities};
 use std::path::Path;
@@ -45,10 +45,6 @@ fn fails_with(cwd: &Path, args: &[&str], needles: &[&str]) -> String {
 fn mode(path: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path).expect("metadata").permissions().mode() & 0o777
-}
-
-fn now_unix() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_secs()
 }
 
 /// A compact JWS: three non-empty base64url segments, nothing else (one line on stdout).

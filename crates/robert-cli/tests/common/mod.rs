@@ -1,4 +1,5 @@
-//! Shared by the CLI's integration tests: a `robert serve` child process.
+//! Shared by the CLI's integration tests: a `robert serve` child process, a minimal App over
+//! HTTP, clocks and metrics.
 
 #![allow(dead_code)] // each test binary uses part of it
 
@@ -97,4 +98,107 @@ impl Drop for ServerProcess {
             let _ = self.child.wait();
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A minimal App over HTTP, from robert-proto only (as in robert-server's tests/common).
+
+use robert_proto::api::*;
+use robert_proto::sealed::{self, EbidEntry};
+use robert_proto::*;
+
+/// A registered App: its session keys, its EBID list and the service's epochs.
+pub struct App {
+    pub keys: SessionKeys,
+    pub auth: AuthKey,
+    pub list: Vec<EbidEntry>,
+    pub schedule: EpochSchedule,
+}
+
+impl App {
+    /// Registers at `url` (§3.3: challenge, proof of work, key agreement) and opens the list.
+    pub async fn register(http: &reqwest::Client, url: &str) -> Self {
+        let ch: ChallengeResponse = http
+            .post(format!("{url}/api/v1/register/challenge"))
+            .send()
+            .await
+            .expect("challenge")
+            .json()
+            .await
+            .expect("challenge json");
+        let challenge = b64_decode("challenge", &ch.challenge).expect("b64");
+        let solution = pow::solve(&challenge, ch.difficulty, 0).expect("solvable");
+        let key: ServerKeyResponse = http
+            .get(format!("{url}/api/v1/server-key"))
+            .send()
+            .await
+            .expect("server key")
+            .json()
+            .await
+            .expect("server key json");
+        let server_pk =
+            PublicKey::parse("pk", &b64_decode("pk", &key.public_key).expect("b64")).expect("point");
+        let eph = AppEphemeralKey::generate(&mut rand::rng());
+        let req = RegisterRequest {
+            challenge: ch.challenge.clone(),
+            solution: b64_encode(&solution),
+            client_public_key: b64_encode(eph.public_key().as_bytes()),
+        };
+        let resp = http.post(format!("{url}/api/v1/register")).json(&req).send().await.expect("register");
+        assert_eq!(resp.status(), 201);
+        let reg: RegisterResponse = resp.json().await.expect("register json");
+        let keys = eph.agree(&server_pk);
+        let list = sealed::open(&keys.k_enc, &b64_decode("ebids", &reg.ebids).expect("b64")).expect("opens");
+        assert_eq!(list.first().map(|e| e.epoch.number()), Some(reg.epoch));
+        let schedule = EpochSchedule::new(NtpTime::new(reg.service_start_ntp), reg.epoch_duration_sec)
+            .expect("positive epoch duration");
+        let auth = AuthKey::new(&keys.k_auth);
+        Self { keys, auth, list, schedule }
+    }
+
+    /// The list's entry for `t`'s epoch.
+    pub fn entry_at(&self, t: NtpTime) -> &EbidEntry {
+        let epoch = self.schedule.epoch_at(t).expect("after the service start");
+        self.list.iter().find(|e| e.epoch == epoch).expect("the list covers t")
+    }
+
+    /// The first second this App holds an EBID for.
+    pub fn first_covered(&self) -> NtpTime {
+        let first = self.list.first().expect("a non-empty list").epoch;
+        self.schedule.epoch_start(first).expect("in era 0")
+    }
+
+    /// The HELLO this App broadcast at `t` (§5.1), with the EBID of `t`'s epoch.
+    pub fn hello(&self, t: NtpTime) -> Hello {
+        let e = self.entry_at(t);
+        Hello::build(&self.auth, e.ecc, e.ebid, t)
+    }
+
+    /// An authenticated request of kind `code` now, with the EBID of the current epoch.
+    pub fn request(&self, code: RequestCode) -> AuthRequestBody {
+        let now = now_ntp();
+        let e = self.entry_at(now);
+        AuthRequestBody::from_request(&AuthRequest::new(&self.auth, code, e.ebid, e.epoch, now))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clocks and metrics.
+
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_secs()
+}
+
+pub fn now_ntp() -> NtpTime {
+    NtpTime::from_unix(now_unix()).expect("NTP era 0")
+}
+
+/// The value of a metric line (`name` with its labels, if any) in a Prometheus text page.
+pub fn metric(page: &str, name: &str) -> Option<u64> {
+    page.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// `url`'s Prometheus page.
+pub async fn metrics(http: &reqwest::Client, url: &str) -> String {
+    http.get(format!("{url}/metrics")).send().await.expect("metrics").text().await.expect("metrics text")
 }
