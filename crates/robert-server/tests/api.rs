@@ -32,14 +32,7 @@ async fn spec_flow_declare_notify_ack_reset() {
     }
     let _ = c; // C's own identity never appears in its declaration (§6.1)
     let token = server.token(Purpose::Declare);
-    let resp = server
-        .http
-        .post(format!("{}/api/v1/report", server.url))
-        .bearer_auth(&token)
-        .json(&report_body(&heard))
-        .send()
-        .await
-        .expect("report");
+    let resp = server.report(&token, &report_body(&heard)).await;
     assert_eq!(resp.status(), 202);
     let r: ReportResponse = resp.json().await.expect("json");
     assert_eq!(r.accepted, 15);
@@ -343,14 +336,7 @@ async fn mixer_rejects_bad_pairs_and_erases_all() {
         (Hello::from_bytes([7; 16]), now, None),
     ];
     let token = server.token(Purpose::Declare);
-    let resp = server
-        .http
-        .post(format!("{}/api/v1/report", server.url))
-        .bearer_auth(token)
-        .json(&report_body(&pairs))
-        .send()
-        .await
-        .expect("send");
+    let resp = server.report(&token, &report_body(&pairs)).await;
     assert_eq!(resp.status(), 202);
     assert_eq!(server.mix().await, 4);
     assert_eq!(server.service.metrics().counter("pairs_processed"), Some(0));
@@ -372,14 +358,7 @@ async fn day_boundary_key_retry() {
         .collect();
     server.set_now(NtpTime::from_unix(day_end + 60).expect("era 0"));
     let token = server.token(Purpose::Declare);
-    let resp = server
-        .http
-        .post(format!("{}/api/v1/report", server.url))
-        .bearer_auth(token)
-        .json(&report_body(&hellos))
-        .send()
-        .await
-        .expect("send");
+    let resp = server.report(&token, &report_body(&hellos)).await;
     assert_eq!(resp.status(), 202);
     assert_eq!(server.mix().await, 15);
     assert_eq!(server.service.metrics().counter("pairs_processed"), Some(15));
@@ -400,14 +379,7 @@ async fn expiry_after_ct_days() {
         })
         .collect();
     let token = server.token(Purpose::Declare);
-    server
-        .http
-        .post(format!("{}/api/v1/report", server.url))
-        .bearer_auth(token)
-        .json(&report_body(&pairs))
-        .send()
-        .await
-        .expect("send");
+    server.report(&token, &report_body(&pairs)).await;
     server.advance(15 * 60);
     assert_eq!(server.mix().await, 15);
     // CT = 14 days later and one epoch more, the exposure has expired.
@@ -519,14 +491,7 @@ async fn database_holds_no_hello_and_no_token() {
         })
         .collect();
     let token = server.token(Purpose::Declare);
-    server
-        .http
-        .post(format!("{}/api/v1/report", server.url))
-        .bearer_auth(&token)
-        .json(&report_body(&pairs))
-        .send()
-        .await
-        .expect("send");
+    server.report(&token, &report_body(&pairs)).await;
     server.advance(5 * 60);
     assert_eq!(server.mix().await, 5);
     // The WAL is emptied right after a group that erased pool entries (retried while a reader
@@ -624,14 +589,7 @@ async fn foreign_pairs_are_routed_or_dropped() {
     };
     let pairs = [(foreign(49, 1), now, None), (foreign(49, 2), now, Some(-60)), (foreign(44, 3), now, None)];
     let token = server.token(Purpose::Declare);
-    let resp = server
-        .http
-        .post(format!("{}/api/v1/report", server.url))
-        .bearer_auth(token)
-        .json(&report_body(&pairs))
-        .send()
-        .await
-        .expect("send");
+    let resp = server.report(&token, &report_body(&pairs)).await;
     assert_eq!(resp.status(), 202);
     assert_eq!(server.mix().await, 3);
     assert_eq!(server.service.storage().stats().await.expect("stats").outbox_depth, 2);
@@ -649,14 +607,7 @@ async fn body_size_limit() {
     let big =
         serde_json::json!({ "contacts": vec![serde_json::json!({"hello": "A".repeat(24), "time": 1}); 100] });
     let token = server.token(Purpose::Declare);
-    let resp = server
-        .http
-        .post(format!("{}/api/v1/report", server.url))
-        .bearer_auth(token)
-        .json(&big)
-        .send()
-        .await
-        .expect("send");
+    let resp = server.report(&token, &big).await;
     assert_eq!(resp.status(), 413);
     assert_eq!(server.service.storage().stats().await.expect("stats").pool_depth, 0);
     server.stop().await;

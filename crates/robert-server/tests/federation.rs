@@ -113,14 +113,7 @@ async fn outbox_depth(s: &TestServer) -> u64 {
 }
 
 async fn declare(server: &TestServer, pairs: &[(Hello, NtpTime, Option<i8>)]) {
-    let resp = server
-        .http
-        .post(format!("{}/api/v1/report", server.url))
-        .bearer_auth(server.token(Purpose::Declare))
-        .json(&report_body(pairs))
-        .send()
-        .await
-        .expect("report");
+    let resp = server.report(&server.token(Purpose::Declare), &report_body(pairs)).await;
     assert_eq!(resp.status(), 202);
 }
 

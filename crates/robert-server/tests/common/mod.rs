@@ -150,6 +150,12 @@ impl TestServer {
         self.http.post(format!("{}{path}", self.url)).json(body).send().await.expect("request")
     }
 
+    /// `POST /api/v1/report` of `body` with `token` as its bearer token.
+    pub async fn report<T: serde::Serialize + ?Sized>(&self, token: &str, body: &T) -> reqwest::Response {
+        let url = format!("{}/api/v1/report", self.url);
+        self.http.post(url).bearer_auth(token).json(body).send().await.expect("report")
+    }
+
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.http.get(format!("{}{path}", self.url)).send().await.expect("request")
     }
