@@ -1841,6 +1841,52 @@ mod tests {
         assert_eq!(rows, 0, "the row goes with its last pair");
     }
 
+    /// A registration whose user insert fails after its challenge was spent (here: its ID is in
+    /// the file but not in memory, which only a foreign write can cause) answers an error and
+    /// registers nothing, in memory or in the file, while the registrations sharing its group
+    /// are registered. Its spend may stand alone (in a group) or go with it (alone): never is the
+    /// ID registered without the spend.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_registration_whose_insert_fails_registers_nothing_and_spares_its_group() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("robert.sqlite");
+        let s = Arc::new(SqliteStorage::open(&path, false).expect("open"));
+        {
+            let foreign = Connection::open(&path).expect("open foreign");
+            foreign.busy_timeout(Duration::from_secs(5)).expect("busy timeout");
+            foreign.execute("INSERT INTO users (id, keys) VALUES (7, x'07')", []).expect("foreign row");
+        }
+        let token = |n: u64| TokenUse { jti: format!("pow:{n:032x}"), expires_unix: 4_000_000_000 };
+        let mut tasks = tokio::task::JoinSet::new();
+        for n in 1..=32u64 {
+            let s = s.clone();
+            tasks.spawn(async move { (n, s.register_user(token(n), id(n), vec![n as u8]).await) });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            let (n, outcome) = joined.expect("task");
+            if n == 7 {
+                outcome.expect_err("the insert fails");
+            } else {
+                assert_eq!(outcome.expect("registered"), RegisterOutcome::Registered, "ID {n}");
+            }
+        }
+        assert_eq!(s.load_user(id(7)).await.expect("load"), None, "memory did not take the failed insert");
+        for n in (1..=32u64).filter(|&n| n != 7) {
+            assert!(!s.spend_token(token(n)).await.expect("spend"), "ID {n}'s challenge is spent");
+        }
+        drop(Arc::into_inner(s).expect("the only handle"));
+
+        let s = SqliteStorage::open(&path, false).expect("reopen");
+        for n in (1..=32u64).filter(|&n| n != 7) {
+            assert_eq!(
+                s.load_user(id(n)).await.expect("load").expect("registered").wrapped_keys,
+                vec![n as u8]
+            );
+        }
+        let seven = s.load_user(id(7)).await.expect("load").expect("the foreign row");
+        assert_eq!(seven.wrapped_keys, vec![7], "the failed registration wrote nothing over it");
+    }
+
     /// A lost transaction whose read-back fails leaves the writer refusing commands until a
     /// read-back succeeds; then what the lost transaction did is gone from memory as from the
     /// file, and commands are accepted again.
