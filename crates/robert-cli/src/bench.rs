@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | `upload` | pairs/s through [`Service::report`] + [`Service::mix_once`] (§6.1, §6.2) | the per-pair crypto floor (SKINNY + AES + HMAC; also batched SKINNY, and the key unwrap), one core |
 //! | `status` | ESR/s over HTTP, p50/p99 (§7) | `GET /healthz` under the same load and client; `load_user` and `status_request` alone; the ESR's crypto |
-//! | `register` | registrations/s over HTTP, difficulty 0 (§3.3); also per second of CPU time (all threads, and with `--client-threads N` the server's alone) | `Registration::agree` (the key store's §3.3 agreement) per second, one thread and every core, and per CPU-second |
+//! | `register` | registrations/s over HTTP, difficulty 0 (§3.3); also per second of CPU time (all threads, and with `--client-threads N` the server's alone) | `Registration::agree` (the key store's §3.3 agreement) per second, one thread and every core, and per CPU-second; `GET /healthz` under the same load, and the ratio that one ECDH plus two such round trips would leave |
 //! | `storage` | bytes per registered ID, SQLite file and in-memory | – |
 //!
 //! How it is measured, and what that means for the figures:
@@ -1338,6 +1338,9 @@ impl BackendRun for RegisterRun<'_> {
         let sampler = CpuSampler::spawn(server.service.clone(), &args.load);
         let result = spec.run(rt, work)?;
         let cpu = sampler.join();
+        // The HTTP stack's share: a registration is two round trips (challenge, then register).
+        eprintln!("robert bench: no-op requests over HTTP for {} s", args.load.seconds);
+        let noop = spec.run(rt, Arc::new(NoopWork))?;
         rt.block_on(running.shutdown())?;
 
         report.figure(
@@ -1356,6 +1359,13 @@ impl BackendRun for RegisterRun<'_> {
             json!({"what": "Registration::agree (files key store: P-256 + HMAC derivation)"}),
         );
         report.figure("ecdh_per_sec_all_cores", all, "1/s", json!({"threads": cores()}));
+        report.figure(
+            "noop_per_sec",
+            noop.rate(),
+            "1/s",
+            json!({"what": "GET /healthz, same server, clients and client, after the registrations",
+                   "requests": noop.ok, "errors": noop.bad}),
+        );
         report.figure(
             "registrations_to_ecdh_ratio",
             result.rate() / all.max(1e-9),
@@ -1396,6 +1406,36 @@ impl BackendRun for RegisterRun<'_> {
                 );
             }
         }
+        // What the HTTP round trips alone leave for the ratio: the CPU of one ECDH, beside the CPU
+        // of a registration and of two no-op round trips (each with its load-generator side).
+        let ceiling = match (result.cpu_us_per_unit(), noop.cpu_us_per_unit()) {
+            (Some(register_cpu), Some(noop_cpu)) if ecdh_per_cpu_sec > 0.0 => {
+                let ecdh_cpu = 1e6 / ecdh_per_cpu_sec;
+                let ceiling = ecdh_cpu / (ecdh_cpu + 2.0 * noop_cpu);
+                report.figure(
+                    "register_cpu_us",
+                    register_cpu,
+                    "us",
+                    json!({"what": "CPU time of the process (server and load generator) per registration"}),
+                );
+                report.figure("noop_cpu_us", noop_cpu, "us", json!({"what": "the same per no-op answered"}));
+                report.figure(
+                    "ecdh_cpu_us",
+                    ecdh_cpu,
+                    "us",
+                    json!({"what": "CPU time of one Registration::agree"}),
+                );
+                report.figure(
+                    "registrations_to_ecdh_ceiling",
+                    ceiling,
+                    "1",
+                    json!({"what": "the ratio a registration would reach if it cost only its ECDH and two round \
+                                    trips at the no-op's cost: ecdh_cpu_us / (ecdh_cpu_us + 2 noop_cpu_us)"}),
+                );
+                Some((register_cpu, noop_cpu, ecdh_cpu, ceiling))
+            }
+            _ => None,
+        };
         eprintln!(
             "robert bench register: {:.0} registrations/s (p50 {:.0} µs, p99 {:.0} µs) vs ECDH {:.0}/s on one thread, \
              {:.0}/s on {} cores: ratio {:.2}",
@@ -1407,7 +1447,16 @@ impl BackendRun for RegisterRun<'_> {
             cores(),
             result.rate() / all.max(1e-9)
         );
-        ensure!(result.bad == 0, "some registrations were not answered 201");
+        if let Some((register_cpu, noop_cpu, ecdh_cpu, ceiling)) = ceiling {
+            eprintln!(
+                "robert bench register: CPU per registration {register_cpu:.1} µs = ECDH {ecdh_cpu:.1} µs + two \
+                 no-op round trips {:.1} µs + the rest {:.1} µs; ECDH and round trips alone would allow a ratio \
+                 of {ceiling:.2}",
+                2.0 * noop_cpu,
+                register_cpu - ecdh_cpu - 2.0 * noop_cpu
+            );
+        }
+        ensure!(result.bad == 0 && noop.bad == 0, "some requests were not answered 201 / 200");
         drop(server);
         Ok(())
     }
