@@ -13,7 +13,7 @@ use robert_proto::{Epoch, Id};
 use robert_server::storage::memory::MemoryStorage;
 use robert_server::storage::sqlite::{SCHEMA_VERSION, SqliteStorage};
 use robert_server::storage::{
-    Exposure, PoolEntry, ProcessedBatch, StatusOutcome, Storage, StorageError, TokenUse,
+    Exposure, PoolEntry, ProcessedBatch, Stats, StatusOutcome, Storage, StorageError, TokenUse, UserRecord,
 };
 use std::path::Path;
 use std::sync::Arc;
@@ -138,53 +138,58 @@ async fn sqlite_status_journal_survives_a_reopen_and_folds_into_user_status() {
     assert_eq!(left, 0, "a fold empties the log");
 }
 
+/// What a store must keep across a reopen: two users, a pair left in the pool and one processed
+/// (LEE_A, an outbox entry), an ESR's state, a server key, a spent `jti`. Returns what `s`
+/// answered before the reopen, for [`check_after_reopen`].
+async fn fill_for_reopen<S: Storage>(s: &S) -> Snapshot {
+    let (a, b) = (id(1), id(2));
+    assert!(s.insert_user(a, vec![0xAA; 92]).await.expect("insert"));
+    assert!(s.insert_user(b, vec![0xBB; 92]).await.expect("insert"));
+    let entries = vec![pending_pair(), PoolEntry { slot: [8; 16], record: vec![2; 20] }];
+    assert!(s.submit_report(token("j1"), entries).await.expect("submit"));
+    let batch = ProcessedBatch {
+        slots: vec![[8; 16]],
+        exposures: vec![(a, Exposure { epoch: ep(5), hellos: 1, rssi_sum: -60, rssi_count: 1 }, [8; 16])],
+        outbox: vec![(robert_proto::CountryCode::new(49), vec![9; 20], [8; 16])],
+    };
+    assert_eq!(s.pool_commit(batch).await.expect("commit"), 1);
+    assert_eq!(
+        s.status_request(a, ep(9), 3, true).await.expect("esr"),
+        StatusOutcome::Answer { at_risk: true }
+    );
+    assert_eq!(s.put_server_key(3, vec![3; 40]).await.expect("key"), vec![3; 40]);
+    (
+        s.load_user(a).await.expect("load"),
+        s.load_user(b).await.expect("load"),
+        s.stats().await.expect("stats"),
+    )
+}
+
+type Snapshot = (Option<UserRecord>, Option<UserRecord>, Stats);
+
+fn pending_pair() -> PoolEntry {
+    PoolEntry { slot: [7; 16], record: vec![1; 20] }
+}
+
+/// `s`, reopened after [`fill_for_reopen`], answers as it did then.
+async fn check_after_reopen<S: Storage>(s: &S, before: Snapshot) {
+    let (a, b) = (id(1), id(2));
+    assert_eq!(s.load_user(a).await.expect("load"), before.0, "user a as it was");
+    assert_eq!(s.load_user(b).await.expect("load"), before.1, "user b as it was");
+    assert_eq!(s.stats().await.expect("stats"), before.2);
+    assert_eq!(s.pool_take(10).await.expect("pool"), vec![pending_pair()]);
+    assert_eq!(s.server_keys().await.expect("keys"), vec![(3, vec![3; 40])]);
+    assert!(!s.submit_report(token("j1"), Vec::new()).await.expect("submit"), "the spent jti is remembered");
+    assert!(!s.insert_user(a, vec![0; 92]).await.expect("insert"), "a is still taken");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_survives_a_reopen() {
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("robert.sqlite");
-    let (a, b) = (id(1), id(2));
-    let pending = PoolEntry { slot: [7; 16], record: vec![1; 20] };
-    let before = {
-        let s = open(&file);
-        assert!(s.insert_user(a, vec![0xAA; 92]).await.expect("insert"));
-        assert!(s.insert_user(b, vec![0xBB; 92]).await.expect("insert"));
-        assert!(
-            s.submit_report(
-                token("j1"),
-                vec![pending.clone(), PoolEntry { slot: [8; 16], record: vec![2; 20] }]
-            )
-            .await
-            .expect("submit")
-        );
-        let batch = ProcessedBatch {
-            slots: vec![[8; 16]],
-            exposures: vec![(a, Exposure { epoch: ep(5), hellos: 1, rssi_sum: -60, rssi_count: 1 }, [8; 16])],
-            outbox: Vec::new(),
-        };
-        assert_eq!(s.pool_commit(batch).await.expect("commit"), 1);
-        assert_eq!(
-            s.status_request(a, ep(9), 3, true).await.expect("esr"),
-            StatusOutcome::Answer { at_risk: true }
-        );
-        assert_eq!(s.put_server_key(3, vec![3; 40]).await.expect("key"), vec![3; 40]);
-        (
-            s.load_user(a).await.expect("load"),
-            s.load_user(b).await.expect("load"),
-            s.stats().await.expect("stats"),
-        )
-        // Dropped here: the writer finishes and the connections close.
-    };
-    let s = open(&file);
-    assert_eq!(s.load_user(a).await.expect("load"), before.0, "user a as it was");
-    assert_eq!(s.load_user(b).await.expect("load"), before.1, "user b as it was");
-    assert_eq!(s.stats().await.expect("stats"), before.2);
-    assert_eq!(s.pool_take(10).await.expect("pool"), vec![pending]);
-    assert_eq!(s.server_keys().await.expect("keys"), vec![(3, vec![3; 40])]);
-    assert!(
-        !s.submit_report(token("j1"), Vec::new()).await.expect("submit"),
-        "the spent jti is still remembered"
-    );
-    assert!(!s.insert_user(a, vec![0; 92]).await.expect("insert"), "a is still taken");
+    // The store is dropped at the end of the block: the writer finishes and the connections close.
+    let before = fill_for_reopen(&open(&file)).await;
+    check_after_reopen(&open(&file), before).await;
 }
 
 /// The SQLite backend answers IDTable reads from memory: this drives it and the reference
@@ -543,7 +548,7 @@ async fn sqlite_keeps_no_uploaded_pair_after_processing() {
 // PostgreSQL.
 
 mod postgres {
-    use super::{ep, id, token};
+    use super::{check_after_reopen, ep, fill_for_reopen, id, token};
     use robert_proto::CountryCode;
     use robert_server::storage::postgres::{PostgresStorage, SCHEMA_TABLE, SCHEMA_VERSION};
     use robert_server::storage::{Exposure, PoolEntry, ProcessedBatch, StatusOutcome, Storage, StorageError};
@@ -609,47 +614,10 @@ mod postgres {
     async fn postgres_survives_a_reconnect() {
         let Some(url) = url("postgres_survives_a_reconnect") else { return };
         let name = schema("reconnect");
-        let (a, b) = (id(1), id(2));
-        let pending = PoolEntry { slot: [7; 16], record: vec![1; 20] };
-        let before = {
-            let s = open(&url, &name).await;
-            assert!(s.insert_user(a, vec![0xAA; 92]).await.expect("insert"));
-            assert!(s.insert_user(b, vec![0xBB; 92]).await.expect("insert"));
-            let entries = vec![pending.clone(), PoolEntry { slot: [8; 16], record: vec![2; 20] }];
-            assert!(s.submit_report(token("j1"), entries).await.expect("submit"));
-            let batch = ProcessedBatch {
-                slots: vec![[8; 16]],
-                exposures: vec![(
-                    a,
-                    Exposure { epoch: ep(5), hellos: 1, rssi_sum: -60, rssi_count: 1 },
-                    [8; 16],
-                )],
-                outbox: vec![(CountryCode::new(49), vec![9; 20], [8; 16])],
-            };
-            assert_eq!(s.pool_commit(batch).await.expect("commit"), 1);
-            assert_eq!(
-                s.status_request(a, ep(9), 3, true).await.expect("esr"),
-                StatusOutcome::Answer { at_risk: true }
-            );
-            assert_eq!(s.put_server_key(3, vec![3; 40]).await.expect("key"), vec![3; 40]);
-            (
-                s.load_user(a).await.expect("load"),
-                s.load_user(b).await.expect("load"),
-                s.stats().await.expect("stats"),
-            )
-        };
+        let before = fill_for_reopen(&open(&url, &name).await).await;
         let s = open(&url, &name).await;
         assert_eq!(s.schema_version().await.expect("version"), SCHEMA_VERSION);
-        assert_eq!(s.load_user(a).await.expect("load"), before.0, "user a as it was");
-        assert_eq!(s.load_user(b).await.expect("load"), before.1, "user b as it was");
-        assert_eq!(s.stats().await.expect("stats"), before.2);
-        assert_eq!(s.pool_take(10).await.expect("pool"), vec![pending]);
-        assert_eq!(s.server_keys().await.expect("keys"), vec![(3, vec![3; 40])]);
-        assert!(
-            !s.submit_report(token("j1"), Vec::new()).await.expect("submit"),
-            "the spent jti is remembered"
-        );
-        assert!(!s.insert_user(a, vec![0; 92]).await.expect("insert"), "a is still taken");
+        check_after_reopen(&s, before).await;
         drop(s);
         PostgresStorage::drop_schema(&url, &name).await.expect("drop schema");
     }
@@ -771,41 +739,9 @@ mod postgres {
             })
             .collect();
         assert!(r2.submit_report(token("bulk"), entries.clone()).await.expect("submit"));
-        let batch_of = |range: std::ops::Range<usize>| {
-            let taken = &entries[range];
-            ProcessedBatch {
-                slots: taken.iter().map(|e| e.slot).collect(),
-                exposures: taken
-                    .iter()
-                    .map(|e| {
-                        (
-                            id(u64::from(e.slot[3] % 20)),
-                            Exposure { epoch: ep(40), hellos: 1, rssi_sum: -50, rssi_count: 1 },
-                            e.slot,
-                        )
-                    })
-                    .collect(),
-                outbox: taken.iter().map(|e| (CountryCode::new(49), e.record.clone(), e.slot)).collect(),
-            }
-        };
-        let mut mixers = tokio::task::JoinSet::new();
-        for k in 0..8usize {
-            let s = replica(k);
-            // Batches of 200 starting every 50: each pair is in up to four batches.
-            let start = (k * 50).min(200);
-            let batch = batch_of(start..start + 200);
-            mixers.spawn(async move { s.pool_commit(batch).await.expect("pool_commit") });
-        }
-        let mut erased = 0;
-        while let Some(joined) = mixers.join_next().await {
-            erased += joined.expect("task");
-        }
-        // Whatever a mixer skipped because another held it is still in the pool: the next pass.
-        let left = r1.pool_take(1000).await.expect("pool");
-        let rest: Vec<PoolEntry> = left.into_iter().filter(|e| e.slot[4] == 0xEE).collect();
-        let again = ProcessedBatch {
-            slots: rest.iter().map(|e| e.slot).collect(),
-            exposures: rest
+        let batch_of = |taken: &[PoolEntry]| ProcessedBatch {
+            slots: taken.iter().map(|e| e.slot).collect(),
+            exposures: taken
                 .iter()
                 .map(|e| {
                     (
@@ -815,8 +751,24 @@ mod postgres {
                     )
                 })
                 .collect(),
-            outbox: rest.iter().map(|e| (CountryCode::new(49), e.record.clone(), e.slot)).collect(),
+            outbox: taken.iter().map(|e| (CountryCode::new(49), e.record.clone(), e.slot)).collect(),
         };
+        let mut mixers = tokio::task::JoinSet::new();
+        for k in 0..8usize {
+            let s = replica(k);
+            // Batches of 200 starting every 50: each pair is in up to four batches.
+            let start = (k * 50).min(200);
+            let batch = batch_of(&entries[start..start + 200]);
+            mixers.spawn(async move { s.pool_commit(batch).await.expect("pool_commit") });
+        }
+        let mut erased = 0;
+        while let Some(joined) = mixers.join_next().await {
+            erased += joined.expect("task");
+        }
+        // Whatever a mixer skipped because another held it is still in the pool: the next pass.
+        let left = r1.pool_take(1000).await.expect("pool");
+        let rest: Vec<PoolEntry> = left.into_iter().filter(|e| e.slot[4] == 0xEE).collect();
+        let again = batch_of(&rest);
         erased += r2.pool_commit(again).await.expect("pool_commit");
         assert_eq!(erased, 400, "each pair erased by exactly one mixer");
         let mut hellos = 0;
