@@ -18,14 +18,13 @@
 
 mod common;
 
-use common::{App, DEADLINE, ServerProcess, metric, now_ntp, now_unix};
+use common::{App, DEADLINE, ServerProcess, metric, now_ntp, now_unix, write_config};
 
 use robert_proto::api::*;
 use robert_proto::*;
 use robert_server::keystore::ServerSecrets;
 use robert_server::token::{AuthorityKey, Purpose, TrustedAuthorities};
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -94,38 +93,6 @@ async fn send(http: &reqwest::Client, url: &str, d: &Declaration) -> Outcome {
 
 // ---------------------------------------------------------------------------------------------
 
-fn write_config(dir: &Path) -> PathBuf {
-    let unix = now_unix();
-    let day_start = NtpTime::from_unix(unix - unix % 86_400).expect("era 0");
-    let config = format!(
-        r#"[server]
-listen = "127.0.0.1:0"
-data_dir = "{dir}"
-
-[protocol]
-service_start_ntp = {start}
-
-[registration]
-pow_difficulty = 0
-
-[reports]
-mixer_min_batch = 1
-mixer_max_delay_sec = 1
-
-[storage]
-fsync = true
-
-[authorities]
-public_keys = ["authority.pub.pem"]
-"#,
-        dir = dir.display(),
-        start = day_start.seconds(),
-    );
-    let path = dir.join("robert.toml");
-    std::fs::write(&path, config).expect("write config");
-    path
-}
-
 #[test]
 fn sigkill_during_declarations_loses_nothing_and_counts_nothing_twice() {
     let started = Instant::now();
@@ -141,7 +108,7 @@ fn sigkill_during_declarations_loses_nothing_and_counts_nothing_twice() {
     std::fs::write(dir.path().join("authority.pub.pem"), authority.public_key_pem()).expect("write pem");
     let mut trusted = TrustedAuthorities::new();
     trusted.add_public_key_pem(&authority.public_key_pem()).expect("pem");
-    let config = write_config(dir.path());
+    let config = write_config(dir.path(), "", "");
     let config_arg = config.to_str().expect("utf-8 temp path");
 
     let rt = tokio::runtime::Builder::new_multi_thread()

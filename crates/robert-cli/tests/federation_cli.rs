@@ -46,31 +46,13 @@ fn read_hex(path: &Path) -> Vec<u8> {
     hex::decode(std::fs::read_to_string(path).expect("key file").trim()).expect("hex")
 }
 
+/// A server of country `cc` whose one peer is `peer_cc` at `peer_url` with `peer_key`.
 fn write_config(dir: &Path, cc: u8, peer_cc: u8, peer_url: &str, peer_key: &str) -> PathBuf {
-    let unix = now_unix();
-    let start = NtpTime::from_unix(unix - unix % 86_400).expect("era 0");
-    let config = format!(
-        r#"[server]
-listen = "127.0.0.1:0"
-data_dir = "{dir}"
-
-[protocol]
-country_code = {cc}
-service_start_ntp = {start}
-
-[registration]
-pow_difficulty = 0
-
-[reports]
-mixer_min_batch = 1
-mixer_max_delay_sec = 1
-
-[storage]
-fsync = true
-
-[authorities]
-public_keys = ["authority.pub.pem"]
-
+    common::write_config(
+        dir,
+        &format!("country_code = {cc}"),
+        &format!(
+            r#"
 [federation]
 max_batch_pairs = {BATCH}
 retry_initial_ms = 50
@@ -80,13 +62,9 @@ retry_max_ms = 500
 country_code = {peer_cc}
 url = "{peer_url}"
 public_key = "{peer_key}"
-"#,
-        dir = dir.display(),
-        start = start.seconds(),
-    );
-    let path = dir.join("robert.toml");
-    std::fs::write(&path, config).expect("write config");
-    path
+"#
+        ),
+    )
 }
 
 /// Polls `url`'s metrics until `cond` holds on the page; returns that page.

@@ -202,3 +202,43 @@ pub fn metric(page: &str, name: &str) -> Option<u64> {
 pub async fn metrics(http: &reqwest::Client, url: &str) -> String {
     http.get(format!("{url}/metrics")).send().await.expect("metrics").text().await.expect("metrics text")
 }
+
+// ---------------------------------------------------------------------------------------------
+// A server's configuration file.
+
+/// Writes `dir/robert.toml` for a `robert serve` on SQLite in `dir` (fsync on, keys and
+/// `authority.pub.pem` there), listening on a free port, its service started at today's UTC
+/// midnight, proof of work off, a mixer that processes every pair within a second; `protocol`
+/// adds lines to `[protocol]`, `extra` adds sections.
+pub fn write_config(dir: &std::path::Path, protocol: &str, extra: &str) -> std::path::PathBuf {
+    let unix = now_unix();
+    let start = NtpTime::from_unix(unix - unix % 86_400).expect("era 0");
+    let config = format!(
+        r#"[server]
+listen = "127.0.0.1:0"
+data_dir = "{dir}"
+
+[protocol]
+service_start_ntp = {start}
+{protocol}
+
+[registration]
+pow_difficulty = 0
+
+[reports]
+mixer_min_batch = 1
+mixer_max_delay_sec = 1
+
+[storage]
+fsync = true
+
+[authorities]
+public_keys = ["authority.pub.pem"]
+{extra}"#,
+        dir = dir.display(),
+        start = start.seconds(),
+    );
+    let path = dir.join("robert.toml");
+    std::fs::write(&path, config).expect("write config");
+    path
+}
