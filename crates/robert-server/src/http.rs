@@ -8,7 +8,6 @@ use crate::federation::{BatchBody, ReceiveError};
 use crate::metrics::{ENDPOINTS, Gauges};
 use crate::service::{Service, ServiceError};
 use crate::storage::Storage;
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -66,49 +65,86 @@ impl IntoResponse for ServiceError {
     }
 }
 
-/// `Json<T>` whose rejections are problem documents that never echo the body.
+/// A JSON body whose rejections are problem documents that never echo a value. The body is read
+/// whole (within `server.max_body_bytes`) and parsed once with `serde_json`; only a body that
+/// fails is parsed again, tracking the path, to name the field (axum's `Json` tracks the path on
+/// every request).
 struct ApiJson<T>(T);
 
 impl<T, St> FromRequest<St> for ApiJson<T>
 where
-    Json<T>: FromRequest<St, Rejection = JsonRejection>,
+    T: serde::de::DeserializeOwned,
     St: Send + Sync,
 {
     type Rejection = Response;
 
     async fn from_request(req: Request, state: &St) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(v)) => Ok(Self(v)),
-            Err(rejection) => Err(json_problem(&rejection)),
+        if !json_content_type(req.headers()) {
+            return Err(problem(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "Unsupported Media Type",
+                "expected Content-Type: application/json".into(),
+                None,
+            ));
         }
+        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                problem(rejection.status(), "Payload Too Large", "request body too large".into(), None)
+            } else {
+                problem(
+                    StatusCode::BAD_REQUEST,
+                    "Bad Request",
+                    "could not read the request body".into(),
+                    None,
+                )
+            }
+        })?;
+        serde_json::from_slice(&bytes).map(Self).map_err(|_| json_problem::<T>(&bytes))
     }
 }
 
-/// Maps a JSON extraction failure to a problem document. serde's messages can quote the offending
-/// value, so only the field name of a missing or unknown field is kept.
-fn json_problem(rejection: &JsonRejection) -> Response {
-    let status = rejection.status();
-    if status == StatusCode::PAYLOAD_TOO_LARGE {
-        return problem(status, "Payload Too Large", "request body too large".into(), None);
-    }
-    if status == StatusCode::UNSUPPORTED_MEDIA_TYPE {
-        return problem(
-            status,
-            "Unsupported Media Type",
-            "expected Content-Type: application/json".into(),
-            None,
-        );
-    }
-    let text = rejection.body_text();
-    let field = ["missing field `", "unknown field `"].iter().find_map(|p| {
-        let start = text.find(p)? + p.len();
-        let end = text[start..].find('`')? + start;
-        Some(text[start..end].to_owned())
-    });
-    let detail = match (&field, text.contains("missing field")) {
-        (Some(f), true) => format!("missing field {f}"),
-        (Some(f), false) => format!("unknown field {f}"),
-        (None, _) => "body is not valid JSON for this endpoint".into(),
+/// `application/json`, or `application/<anything>+json`, as axum's `Json` accepts.
+fn json_content_type(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or("").trim();
+    let (head, tail) = (essence.get(..12), essence.len().checked_sub(5).and_then(|i| essence.get(i..)));
+    essence.eq_ignore_ascii_case("application/json")
+        || (head.is_some_and(|h| h.eq_ignore_ascii_case("application/"))
+            && tail.is_some_and(|t| t.eq_ignore_ascii_case("+json"))
+            && essence.len() > 17)
+}
+
+/// The problem document of a body that is not valid JSON for `T`: it names the field where
+/// parsing failed (its path, as `contacts[2].hello`), never a value (serde's own messages can
+/// quote one, so they are not passed on).
+fn json_problem<T: serde::de::DeserializeOwned>(body: &[u8]) -> Response {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let error = match serde_path_to_error::deserialize::<_, T>(&mut de) {
+        Err(e) => e,
+        // A value followed by more than whitespace.
+        Ok(_) => {
+            let detail = "body is not valid JSON for this endpoint".into();
+            return problem(StatusCode::BAD_REQUEST, "Bad Request", detail, None);
+        }
+    };
+    let message = error.inner().to_string();
+    let path = error.path().to_string();
+    let at = |name: &str| if path == "." { name.to_owned() } else { format!("{path}.{name}") };
+    let quoted = |prefix: &str| {
+        let start = message.find(prefix)? + prefix.len();
+        let end = message[start..].find('`')? + start;
+        Some(message[start..end].to_owned())
+    };
+    let (field, detail) = if let Some(name) = quoted("missing field `") {
+        (Some(at(&name)), format!("missing field {}", at(&name)))
+    } else if let Some(name) = quoted("unknown field `") {
+        (Some(at(&name)), format!("unknown field {}", at(&name)))
+    } else if error.inner().is_data() && path != "." {
+        (Some(path.clone()), format!("invalid value for field {path}"))
+    } else {
+        (None, "body is not valid JSON for this endpoint".into())
     };
     problem(StatusCode::BAD_REQUEST, "Bad Request", detail, field)
 }
@@ -332,4 +368,31 @@ pub async fn run<S: Storage>(
         let _ = tokio::time::timeout(Duration::from_secs(10), job).await;
     }
     served
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_type(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_str(value).expect("header value"));
+        h
+    }
+
+    #[test]
+    fn json_media_types_as_axum_accepts_them() {
+        for ok in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            "application/problem+json",
+            " application/json ",
+        ] {
+            assert!(json_content_type(&with_type(ok)), "{ok}");
+        }
+        for bad in ["text/plain", "application/jsonx", "application/+json", "json", "application/xml", ""] {
+            assert!(!json_content_type(&with_type(bad)), "{bad}");
+        }
+        assert!(!json_content_type(&HeaderMap::new()), "no content type");
+    }
 }

@@ -145,7 +145,34 @@ async fn malformed_requests_name_the_field() {
         )
         .await;
     assert_eq!(resp.status(), 400);
-    assert!(!resp.text().await.expect("text").contains("secret-value"));
+    let text = resp.text().await.expect("text");
+    assert!(!text.contains("secret-value") && !text.contains("\"x\""), "{text}");
+    let p: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(p["field"], "epoch", "a value of the wrong type names its field");
+
+    // Deeper: the path of the field, into an array.
+    let token = server.token(Purpose::Declare);
+    let resp = server
+        .report(&token, &serde_json::json!({"contacts": [{"hello": "AA==", "time": 1}, {"time": 1}]}))
+        .await;
+    assert_eq!(resp.status(), 400);
+    let p: serde_json::Value = resp.json().await.expect("json");
+    assert_eq!(p["field"], "contacts[1].hello");
+
+    // Not JSON, JSON followed by more, and JSON under another media type.
+    let url = format!("{}/api/v1/status", server.url);
+    let raw = |body: &'static str, media: &'static str| {
+        server.http.post(&url).header("content-type", media).body(body).send()
+    };
+    let resp = raw("{\"ebid\": ", "application/json").await.expect("send");
+    assert_eq!(resp.status(), 400);
+    let p: serde_json::Value = resp.json().await.expect("json");
+    assert_eq!(p["field"], serde_json::Value::Null);
+    let resp = raw("{} {}", "application/json").await.expect("send");
+    assert_eq!(resp.status(), 400);
+    let resp = raw("{}", "text/plain").await.expect("send");
+    assert_eq!(resp.status(), 415);
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
 
     let resp = server
         .post(
