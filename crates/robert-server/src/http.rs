@@ -109,11 +109,11 @@ fn json_content_type(headers: &HeaderMap) -> bool {
         return false;
     };
     let essence = value.split(';').next().unwrap_or("").trim();
-    let (head, tail) = (essence.get(..12), essence.len().checked_sub(5).and_then(|i| essence.get(i..)));
-    essence.eq_ignore_ascii_case("application/json")
-        || (head.is_some_and(|h| h.eq_ignore_ascii_case("application/"))
-            && tail.is_some_and(|t| t.eq_ignore_ascii_case("+json"))
-            && essence.len() > 17)
+    let Some((kind, sub)) = essence.split_once('/') else { return false };
+    // A header value that converts to `str` is visible ASCII: byte offsets are char boundaries.
+    let suffix = sub.len().checked_sub(5).filter(|&n| n > 0).map(|n| &sub[n..]);
+    kind.eq_ignore_ascii_case("application")
+        && (sub.eq_ignore_ascii_case("json") || suffix.is_some_and(|t| t.eq_ignore_ascii_case("+json")))
 }
 
 /// The problem document of a body that is not valid JSON for `T`: it names the field where
@@ -137,10 +137,10 @@ fn json_problem<T: serde::de::DeserializeOwned>(body: &[u8]) -> Response {
         let end = message[start..].find('`')? + start;
         Some(message[start..end].to_owned())
     };
-    let (field, detail) = if let Some(name) = quoted("missing field `") {
-        (Some(at(&name)), format!("missing field {}", at(&name)))
-    } else if let Some(name) = quoted("unknown field `") {
-        (Some(at(&name)), format!("unknown field {}", at(&name)))
+    let (field, detail) = if let Some(name) = quoted("missing field `").map(|n| at(&n)) {
+        (Some(name.clone()), format!("missing field {name}"))
+    } else if let Some(name) = quoted("unknown field `").map(|n| at(&n)) {
+        (Some(name.clone()), format!("unknown field {name}"))
     } else if error.inner().is_data() && path != "." {
         (Some(path.clone()), format!("invalid value for field {path}"))
     } else {

@@ -31,8 +31,9 @@
 //!
 //! Memory is bounded by `limits.replay_cache_entries` (~40 bytes each), split evenly over up to
 //! 16 shards, each with its own lock; a request's shard is chosen by its MAC. When a shard is
-//! full, its oldest entry is evicted early: that request could be replayed once more within its window, which the
-//! storage checks above still bound; the eviction is logged (without any identifier).
+//! full, its oldest entry is evicted early: that request could be replayed once more within its
+//! window, which the storage checks above still bound; the eviction is logged (without any
+//! identifier).
 
 use crate::storage::FastMap;
 use robert_proto::NtpTime;
@@ -63,6 +64,21 @@ struct ReplayInner {
     seen: FastMap<u128, u32>,
     /// Insertion order, for pruning and eviction.
     order: VecDeque<(u32, u128)>,
+}
+
+impl ReplayInner {
+    /// Drops the oldest entry of `order`, and its tag from `seen` unless a later use replaced it
+    /// there. Returns whether a tag left `seen`.
+    fn forget_oldest(&mut self) -> bool {
+        let Some((exp, tag)) = self.order.pop_front() else { return false };
+        match self.seen.entry(tag) {
+            Entry::Occupied(e) if *e.get() == exp => {
+                e.remove();
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 fn tag_of(mac: &[u8; 32]) -> u128 {
@@ -96,14 +112,8 @@ impl ReplayCache {
         let Ok(mut inner) = self.shard(tag).lock() else { return false };
         let inner = &mut *inner;
         // Prune entries whose window has closed (insertion order approximates expiry order).
-        while let Some(&(exp, t)) = inner.order.front() {
-            if exp >= now.seconds() {
-                break;
-            }
-            inner.order.pop_front();
-            if inner.seen.get(&t) == Some(&exp) {
-                inner.seen.remove(&t);
-            }
+        while inner.order.front().is_some_and(|&(exp, _)| exp < now.seconds()) {
+            inner.forget_oldest();
         }
         match inner.seen.entry(tag) {
             Entry::Occupied(e) if *e.get() >= now.seconds() => return false,
@@ -117,9 +127,7 @@ impl ReplayCache {
         inner.order.push_back((expires.seconds(), tag));
         // Full: the oldest entries go before their window closes (never the one just added).
         while inner.order.len() > self.shard_capacity {
-            let Some((exp, t)) = inner.order.pop_front() else { break };
-            if inner.seen.get(&t) == Some(&exp) {
-                inner.seen.remove(&t);
+            if inner.forget_oldest() {
                 let evicted = self.evicted.fetch_add(1, Ordering::Relaxed) + 1;
                 if evicted.is_power_of_two() {
                     tracing::warn!(evicted, "replay cache full: oldest entries evicted");
